@@ -1,0 +1,1 @@
+"""Loss family module: classification (registers its losses on import)."""

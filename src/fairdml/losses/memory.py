@@ -1,0 +1,1 @@
+"""Loss family module: memory (registers its losses on import)."""

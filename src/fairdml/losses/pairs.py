@@ -1,0 +1,1 @@
+"""Loss family module: pairs (registers its losses on import)."""

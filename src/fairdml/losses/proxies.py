@@ -1,0 +1,1 @@
+"""Loss family module: proxies (registers its losses on import)."""

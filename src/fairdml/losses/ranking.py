@@ -1,0 +1,1 @@
+"""Loss family module: ranking (registers its losses on import)."""
