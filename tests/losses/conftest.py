@@ -119,3 +119,17 @@ def assert_degenerate_batches_safe(loss: torch.nn.Module) -> None:
 @pytest.fixture
 def separable() -> tuple[torch.Tensor, torch.Tensor]:
     return separable_problem()
+
+
+@pytest.fixture
+def loss_checks():
+    """The shared loss checks as one namespace, for test files in this folder."""
+    from types import SimpleNamespace
+
+    return SimpleNamespace(
+        trains=assert_loss_trains,
+        safe_under_bfloat16=assert_safe_under_bfloat16,
+        degenerate_batches_safe=assert_degenerate_batches_safe,
+        map_at_r=map_at_r_bruteforce,
+        problem=separable_problem,
+    )
