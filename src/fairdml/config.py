@@ -37,14 +37,23 @@ class DataConfig:
     resize_size: int | None = None
     classes_per_batch: int = 8  # C
     samples_per_class: int = 4  # M; batch size = C x M
+    batch_size: int | None = None  # optional; when given, C = batch_size / M
     num_workers: int = 0
     num_folds: int = 4  # class-disjoint folds of the training classes
     val_fold: int | None = 0  # which fold validates; None trains on all training classes
     fold_seed: int = 0
 
-    @property
-    def batch_size(self) -> int:
-        return self.classes_per_batch * self.samples_per_class
+    def __post_init__(self) -> None:
+        if self.samples_per_class < 1 or self.classes_per_batch < 1:
+            raise ConfigError("data.classes_per_batch and data.samples_per_class must be >= 1, "
+                              f"got {self.classes_per_batch} and {self.samples_per_class}")
+        if self.batch_size is None:
+            self.batch_size = self.classes_per_batch * self.samples_per_class
+        elif self.batch_size % self.samples_per_class:
+            raise ConfigError(f"data.batch_size {self.batch_size} is not divisible by "
+                              f"data.samples_per_class {self.samples_per_class}")
+        else:
+            self.classes_per_batch = self.batch_size // self.samples_per_class
 
 
 @dataclasses.dataclass
