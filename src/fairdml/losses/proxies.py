@@ -1,1 +1,396 @@
-"""Loss family module: proxies (registers its losses on import)."""
+"""Proxy-based losses: each class is represented by learnable proxies (or centres).
+
+Registered names: ``proxy_anchor``, ``proxy_nca``, ``proxy_nca_pp``, ``soft_triple``.
+
+Every loss here (and in :mod:`fairdml.losses.classification`, which builds on
+:class:`ProxyLoss`) shares one contract:
+
+* constructed with ``num_classes`` and ``embedding_dim`` (the trainer passes them through
+  :func:`fairdml.losses.create`); labels are class indices ``0..num_classes-1`` and a
+  label outside that range is a ``ValueError`` naming the label;
+* the learnable proxies are the parameter ``proxies`` (``num_classes x embedding_dim``, or
+  ``num_classes x K x embedding_dim`` for the multi-centre losses) and the attribute
+  ``lr_multiplier`` is the ratio of their learning rate to the network's in the paper's
+  recipe;
+* the loss is computed in float32 with autocast switched off, so a bfloat16 / float16
+  training step gets the same loss as a float32 one up to the embeddings' rounding.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+
+import torch
+import torch.nn.functional as F
+
+from fairdml.losses import register
+from fairdml.losses._common import as_float32, check_embeddings_and_labels, l2_normalize
+
+_SOFT_TRIPLE_SQRT_EPS = 1e-5  # inside sqrt(2 - 2 w.w'), from the SoftTriple authors' code
+
+
+class ProxyLoss(torch.nn.Module):
+    """Base of the proxy and classification losses: proxies, input checks, float32 maths.
+
+    Subclasses implement :meth:`compute` on float32 embeddings and validated labels; the
+    public ``forward(embeddings, labels)`` checks the inputs and switches autocast off.
+    """
+
+    name = "proxy loss"
+    min_classes = 1
+
+    def __init__(self, num_classes: int | None, embedding_dim: int | None, *,
+                 lr_multiplier: float, proxies_per_class: int | None = None,
+                 init: Callable[[torch.Tensor], object]) -> None:
+        super().__init__()
+        self.num_classes = _positive_int(num_classes, "num_classes", self.name,
+                                         "the number of training classes")
+        self.embedding_dim = _positive_int(embedding_dim, "embedding_dim", self.name,
+                                           "the size of the embeddings")
+        if self.num_classes < self.min_classes:
+            raise ValueError(
+                f"{self.name} needs num_classes >= {self.min_classes}, got {self.num_classes}"
+            )
+        if not (isinstance(lr_multiplier, (int, float)) and lr_multiplier > 0
+                and math.isfinite(lr_multiplier)):
+            raise ValueError(
+                f"{self.name}: lr_multiplier must be a positive number, got {lr_multiplier!r}"
+            )
+        self.lr_multiplier = float(lr_multiplier)
+        shape: tuple[int, ...] = (self.num_classes, self.embedding_dim)
+        if proxies_per_class is not None:
+            proxies_per_class = _positive_int(proxies_per_class, "centres per class",
+                                              self.name, "K, the proxies per class")
+            shape = (self.num_classes, proxies_per_class, self.embedding_dim)
+        self.proxies = torch.nn.Parameter(torch.empty(shape))
+        with torch.no_grad():
+            init(self.proxies)
+
+    def forward(self, embeddings: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        labels = self.check_inputs(embeddings, labels)
+        with torch.autocast(embeddings.device.type, enabled=False):
+            return self.compute(as_float32(embeddings), labels)
+
+    def compute(self, embeddings: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        raise NotImplementedError
+
+    def check_inputs(self, embeddings: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        """Validate shapes and label range; return labels as int64 on the embeddings' device."""
+        labels = torch.as_tensor(labels, device=embeddings.device)
+        check_embeddings_and_labels(embeddings, labels)
+        if embeddings.shape[0] == 0:
+            raise ValueError(f"{self.name}: the batch is empty (0 embeddings)")
+        if embeddings.shape[1] != self.embedding_dim:
+            raise ValueError(
+                f"{self.name} was built with embedding_dim={self.embedding_dim}, "
+                f"got embeddings of dimension {embeddings.shape[1]}"
+            )
+        labels = labels.long()
+        out_of_range = (labels < 0) | (labels >= self.num_classes)
+        if bool(out_of_range.any()):
+            bad = labels[out_of_range][0].item()
+            raise ValueError(
+                f"{self.name}: label {bad} is outside 0..{self.num_classes - 1} "
+                f"(num_classes={self.num_classes}); labels must be contiguous class indices"
+            )
+        return labels
+
+    def unit_proxies(self) -> torch.Tensor:
+        """The proxies L2-normalised along the embedding axis, float32, as (rows, dim)."""
+        return l2_normalize(as_float32(self.proxies).reshape(-1, self.embedding_dim))
+
+    def cosines(self, embeddings: torch.Tensor) -> torch.Tensor:
+        """Cosine similarity of each embedding to each proxy row: (B, proxies rows)."""
+        return l2_normalize(embeddings) @ self.unit_proxies().T
+
+    def extra_repr(self) -> str:
+        return (f"num_classes={self.num_classes}, embedding_dim={self.embedding_dim}, "
+                f"lr_multiplier={self.lr_multiplier:g}")
+
+
+def _positive_int(value: object, key: str, loss: str, meaning: str) -> int:
+    if value is None:
+        raise ValueError(
+            f"{loss} needs {key} ({meaning}); pass it to fairdml.losses.create(..., {key}=...)"
+        )
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise ValueError(f"{loss}: {key} must be a positive integer, got {value!r}")
+    return value
+
+
+def _check_positive(value: float, key: str, loss: str) -> float:
+    if not (isinstance(value, (int, float)) and value > 0 and math.isfinite(value)):
+        raise ValueError(f"{loss}: {key} must be a positive number, got {value!r}")
+    return float(value)
+
+
+def _check_non_negative(value: float, key: str, loss: str) -> float:
+    if not (isinstance(value, (int, float)) and value >= 0 and math.isfinite(value)):
+        raise ValueError(f"{loss}: {key} must be a non-negative number, got {value!r}")
+    return float(value)
+
+
+def log1p_sum_exp(logits: torch.Tensor, dim: int) -> torch.Tensor:
+    """``log(1 + sum_j exp(logits_j))`` along ``dim``; ``-inf`` entries are left out.
+
+    Shifted by ``m = max(0, max_j logits_j)`` (detached: it cancels analytically), so the
+    sum is at least 1 and neither ``exp`` nor ``log`` can overflow; a slice that is all
+    ``-inf`` gives exactly 0 with zero gradient.
+    """
+    shift = logits.detach().amax(dim=dim, keepdim=True).clamp_min(0.0)
+    total = torch.exp(logits - shift).sum(dim=dim, keepdim=True) + torch.exp(-shift)
+    return (torch.log(total) + shift).squeeze(dim)
+
+
+def grouped_log1p_sum_exp(logits: torch.Tensor, groups: torch.Tensor,
+                          num_groups: int) -> torch.Tensor:
+    """``out[g] = log(1 + sum_{i: groups_i = g} exp(logits_i))`` for a 1-d ``logits``.
+
+    O(B + G) with scatter operations instead of a dense (B, G) mask; an empty group gives 0.
+    """
+    zeros = logits.new_zeros(num_groups)
+    shift = zeros.scatter_reduce(0, groups, logits.detach(), reduce="amax", include_self=True)
+    terms = torch.exp(logits - shift[groups])
+    total = zeros.index_add(0, groups, terms) + torch.exp(-shift)
+    return torch.log(total) + shift
+
+
+@register("proxy_anchor")
+class ProxyAnchorLoss(ProxyLoss):
+    r"""Proxy Anchor loss (Kim, Kim, Cho, Kwak, "Proxy Anchor Loss for Deep Metric
+    Learning", CVPR 2020).
+
+    Each proxy is an anchor that pulls all embeddings of its class and pushes all others,
+    weighted by their hardness through the log-sum-exp:
+
+    .. math::
+        \ell = \frac{1}{|P^+|} \sum_{p \in P^+}
+                 \log\Bigl(1 + \sum_{x \in X_p^+} e^{-\alpha (s(x, p) - \delta)}\Bigr)
+             + \frac{1}{|P|} \sum_{p \in P}
+                 \log\Bigl(1 + \sum_{x \in X_p^-} e^{\alpha (s(x, p) + \delta)}\Bigr)
+
+    with ``s`` the cosine similarity, ``P`` all proxies, ``P+`` the proxies of the classes
+    present in the batch, ``X_p+`` / ``X_p-`` the batch embeddings of / not of ``p``'s class.
+
+    Defaults from the paper: ``alpha = 32``, ``margin`` (delta) ``= 0.1``; proxies trained
+    with a 100x larger learning rate (``lr_multiplier = 100``) and initialised as in the
+    authors' code with ``kaiming_normal_(mode="fan_out")`` (normal, std ``sqrt(2 / C)``).
+    Same definition as pytorch-metric-learning's ``ProxyAnchorLoss``. A batch always has
+    a positive proxy (its own labels), so singleton classes are fine.
+    """
+
+    name = "proxy_anchor"
+
+    def __init__(self, num_classes: int | None = None, embedding_dim: int | None = None, *,
+                 alpha: float = 32.0, margin: float = 0.1,
+                 lr_multiplier: float = 100.0) -> None:
+        super().__init__(num_classes, embedding_dim, lr_multiplier=lr_multiplier,
+                         init=lambda p: torch.nn.init.kaiming_normal_(p, mode="fan_out"))
+        self.alpha = _check_positive(alpha, "alpha", self.name)
+        self.margin = float(margin)
+
+    def compute(self, embeddings: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        cos = self.cosines(embeddings)
+        classes = torch.arange(self.num_classes, device=labels.device)
+        is_positive = labels[:, None] == classes[None, :]
+
+        target_cos = cos.gather(1, labels[:, None]).squeeze(1)
+        positive_terms = grouped_log1p_sum_exp(
+            -self.alpha * (target_cos - self.margin), labels, self.num_classes)
+        proxies_with_positives = (torch.bincount(labels, minlength=self.num_classes) > 0).sum()
+
+        negative_logits = (self.alpha * (cos + self.margin)).masked_fill(
+            is_positive, -float("inf"))
+        negative_terms = log1p_sum_exp(negative_logits, dim=0)
+        return (positive_terms.sum() / proxies_with_positives
+                + negative_terms.sum() / self.num_classes)
+
+    def extra_repr(self) -> str:
+        return f"{super().extra_repr()}, alpha={self.alpha:g}, margin={self.margin:g}"
+
+
+class _ProxyNCABase(ProxyLoss):
+    """Shared maths of ProxyNCA and ProxyNCA++: softmax over negative squared distances.
+
+    For unit vectors ``|x - p|^2 = 2 - 2 cos(x, p)``; the constant ``2 / T`` cancels in
+    the softmax ratio, so the logits are ``2 cos / T`` (one matmul, no distance matrix).
+    Proxies are initialised as in the public ProxyNCA code: standard normal / 8.
+    """
+
+    min_classes = 2
+
+    def __init__(self, num_classes: int | None, embedding_dim: int | None, *,
+                 temperature: float, positive_in_denominator: bool,
+                 lr_multiplier: float) -> None:
+        super().__init__(num_classes, embedding_dim, lr_multiplier=lr_multiplier,
+                         init=lambda p: p.normal_(0.0, 1.0 / 8.0))
+        self.temperature = _check_positive(temperature, "temperature", self.name)
+        self.positive_in_denominator = bool(positive_in_denominator)
+
+    def compute(self, embeddings: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        logits = self.cosines(embeddings) * (2.0 / self.temperature)
+        if self.positive_in_denominator:
+            return F.cross_entropy(logits, labels)
+        target = logits.gather(1, labels[:, None]).squeeze(1)
+        negatives = logits.scatter(1, labels[:, None], -float("inf"))
+        return (torch.logsumexp(negatives, dim=1) - target).mean()
+
+    def extra_repr(self) -> str:
+        return (f"{super().extra_repr()}, temperature={self.temperature:g}, "
+                f"positive_in_denominator={self.positive_in_denominator}")
+
+
+@register("proxy_nca")
+class ProxyNCALoss(_ProxyNCABase):
+    r"""ProxyNCA (Movshovitz-Attias, Toshev, Leung, Ioffe, Singh, "No Fuss Distance Metric
+    Learning using Proxies", ICCV 2017).
+
+    NCA against one proxy per class, the positive proxy compared with the *negative*
+    proxies only, as in the paper's equation:
+
+    .. math::
+        \ell(x, y) = -\log \frac{e^{-d(\hat x, \hat p_y) / T}}
+                               {\sum_{z \neq y} e^{-d(\hat x, \hat p_z) / T}},
+        \qquad d(a, b) = \|a - b\|_2^2
+
+    averaged over the batch, with embeddings and proxies L2-normalised (the paper fixes
+    their norms). The paper has no temperature: ``temperature = 1``; proxies share the
+    network's learning rate (``lr_multiplier = 1``). Because the positive is not in the
+    denominator the value can be negative; it is bounded since ``d`` is in [0, 4].
+
+    ``positive_in_denominator=True`` puts the positive proxy in the denominator (a proper
+    softmax). That is the definition pytorch-metric-learning's ``ProxyNCALoss`` uses; its
+    value exceeds the paper's by ``log(1 + e^{-d_y / T} / sum_{z != y} e^{-d_z / T})``.
+    """
+
+    name = "proxy_nca"
+
+    def __init__(self, num_classes: int | None = None, embedding_dim: int | None = None, *,
+                 temperature: float = 1.0, positive_in_denominator: bool = False,
+                 lr_multiplier: float = 1.0) -> None:
+        super().__init__(num_classes, embedding_dim, temperature=temperature,
+                         positive_in_denominator=positive_in_denominator,
+                         lr_multiplier=lr_multiplier)
+
+
+@register("proxy_nca_pp")
+class ProxyNCAPlusPlusLoss(_ProxyNCABase):
+    r"""ProxyNCA++ (Teh, DeVries, Taylor, "ProxyNCA++: Revisiting and Revitalizing Proxy
+    Neighborhood Component Analysis", ECCV 2020).
+
+    The proxy assignment probability: a softmax over *all* proxies (positive included),
+    L2-normalised embeddings and proxies, and a low temperature:
+
+    .. math::
+        \ell(x, y) = -\log \frac{e^{-\|\hat x - \hat p_y\|^2 / T}}
+                               {\sum_{a} e^{-\|\hat x - \hat p_a\|^2 / T}}
+
+    Defaults from the paper: ``T = 1/9``. Fast-moving proxies: the recipe trains the
+    proxies with learning rate 4e2 against 4e-3 for the network, a ratio of 1e5
+    (``lr_multiplier = 1e5``). The recipe uses Adam with ``eps = 1``, which makes the
+    update roughly ``lr * gradient`` for small gradients; with a standard Adam ``eps``
+    the update no longer scales with the gradient and a ratio this large moves the
+    proxies by a large step every iteration: lower ``lr_multiplier`` in that case.
+    The other ProxyNCA++ ingredients (global max pooling, LayerNorm, warm-up) belong to
+    the embedder and trainer configuration. Same definition as pytorch-metric-learning's
+    ``ProxyNCALoss(softmax_scale=1/T)``.
+    """
+
+    name = "proxy_nca_pp"
+
+    def __init__(self, num_classes: int | None = None, embedding_dim: int | None = None, *,
+                 temperature: float = 1.0 / 9.0, lr_multiplier: float = 1e5) -> None:
+        super().__init__(num_classes, embedding_dim, temperature=temperature,
+                         positive_in_denominator=True, lr_multiplier=lr_multiplier)
+
+
+@register("soft_triple")
+class SoftTripleLoss(ProxyLoss):
+    r"""SoftTriple loss (Qian, Shang, Sun, Hu, Li, Jin, "SoftTriple Loss: Deep Metric
+    Learning Without Triplet Sampling", ICCV 2019).
+
+    ``K`` unit-norm centres per class; the similarity to class ``c`` is the soft maximum
+    over its centres, and a scaled softmax with a small margin on the true class is
+    applied to those similarities:
+
+    .. math::
+        S_c(x) = \sum_k \frac{e^{\hat x^\top w_c^k / \gamma}}
+                             {\sum_{k'} e^{\hat x^\top w_c^{k'} / \gamma}} \hat x^\top w_c^k,
+        \qquad
+        \ell(x, y) = -\log \frac{e^{\lambda (S_y(x) - \delta)}}
+                               {e^{\lambda (S_y(x) - \delta)} + \sum_{c \neq y} e^{\lambda S_c(x)}}
+
+    plus ``tau`` times the regulariser that merges redundant centres of a class:
+
+    .. math::
+        R = \frac{1}{C K (K - 1)} \sum_c \sum_{t < s} \sqrt{2 + \epsilon - 2\, w_c^{s\top} w_c^t}
+
+    (``||w_c^s - w_c^t||`` for unit centres; ``epsilon = 1e-5`` as in the authors' code,
+    so the gradient of the square root stays finite when two centres coincide).
+    Defaults from the paper: ``K = 10``, ``la`` (lambda) ``= 20``, ``gamma = 0.1``,
+    ``tau = 0.2``, ``margin`` (delta) ``= 0.01``; centres trained with learning rate 1e-2
+    against 1e-4 for the network (``lr_multiplier = 100``, the authors' ``centerlr`` /
+    ``modellr``) and initialised as their code does (``kaiming_uniform_(a=sqrt(5))`` on
+    the ``dim x C*K`` matrix, i.e. uniform in ``+-1/sqrt(C*K)``).
+
+    ``proxies`` has shape ``(num_classes, K, embedding_dim)``. pytorch-metric-learning's
+    ``SoftTripleLoss`` has the same classification term but no centre regulariser
+    (its value equals this loss with ``tau = 0``).
+    """
+
+    name = "soft_triple"
+
+    def __init__(self, num_classes: int | None = None, embedding_dim: int | None = None, *,
+                 centers_per_class: int = 10, la: float = 20.0, gamma: float = 0.1,
+                 tau: float = 0.2, margin: float = 0.01, lr_multiplier: float = 100.0) -> None:
+        def init(centres: torch.Tensor) -> None:
+            bound = 1.0 / math.sqrt(centres.shape[0] * centres.shape[1])
+            centres.uniform_(-bound, bound)
+
+        super().__init__(num_classes, embedding_dim, lr_multiplier=lr_multiplier,
+                         proxies_per_class=centers_per_class, init=init)
+        self.centers_per_class = self.proxies.shape[1]
+        self.la = _check_positive(la, "la", self.name)
+        self.gamma = _check_positive(gamma, "gamma", self.name)
+        self.tau = _check_non_negative(tau, "tau", self.name)
+        self.margin = float(margin)
+
+    def compute(self, embeddings: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        centres = self.unit_proxies()
+        similarity = (l2_normalize(embeddings) @ centres.T).view(
+            -1, self.num_classes, self.centers_per_class)
+        weights = torch.softmax(similarity / self.gamma, dim=2)
+        class_similarity = (weights * similarity).sum(dim=2)
+        margins = class_similarity.new_full((len(labels), 1), -self.margin)
+        logits = self.la * class_similarity.scatter_add(1, labels[:, None], margins)
+        loss = F.cross_entropy(logits, labels)
+        if self.tau > 0 and self.centers_per_class > 1:
+            loss = loss + self.tau * self.centre_regularizer(centres)
+        return loss
+
+    def centre_regularizer(self, unit_centres: torch.Tensor) -> torch.Tensor:
+        """``R`` above: mean-scaled distance between the centres of each class."""
+        k = self.centers_per_class
+        per_class = unit_centres.view(self.num_classes, k, self.embedding_dim)
+        gram = torch.bmm(per_class, per_class.transpose(1, 2))
+        rows, cols = torch.triu_indices(k, k, offset=1, device=gram.device)
+        distances = torch.sqrt((2.0 + _SOFT_TRIPLE_SQRT_EPS - 2.0 * gram[:, rows, cols])
+                               .clamp_min(_SOFT_TRIPLE_SQRT_EPS))
+        return distances.sum() / (self.num_classes * k * (k - 1))
+
+    def extra_repr(self) -> str:
+        return (f"{super().extra_repr()}, centers_per_class={self.centers_per_class}, "
+                f"la={self.la:g}, gamma={self.gamma:g}, tau={self.tau:g}, "
+                f"margin={self.margin:g}")
+
+
+__all__ = [
+    "ProxyAnchorLoss",
+    "ProxyLoss",
+    "ProxyNCALoss",
+    "ProxyNCAPlusPlusLoss",
+    "SoftTripleLoss",
+    "grouped_log1p_sum_exp",
+    "log1p_sum_exp",
+]
