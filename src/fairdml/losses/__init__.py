@@ -32,7 +32,7 @@ LOSSES: Registry = Registry("loss")
 register = LOSSES.register
 
 # Each family module registers its losses on import.
-_FAMILIES = ("pairs", "proxies", "classification", "ranking", "memory")
+_FAMILIES = ("pairs", "proxies", "classification", "ranking", "memory", "tuples")
 
 
 def _import_families() -> None:
