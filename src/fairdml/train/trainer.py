@@ -196,12 +196,16 @@ class Trainer:
         }
 
     # ------------------------------------------------------------------ training
-    def fit(self) -> dict[str, Any]:
-        """Train until ``train.epochs`` or early stopping; return the validation summary."""
+    def fit(self, progress_display: Any = None) -> dict[str, Any]:
+        """Train until ``train.epochs`` or early stopping; return the validation summary.
+
+        ``progress_display``: an existing rich Progress to add the training bars to.
+        """
         config = self.config.train
         writer = self._tensorboard()
         progress = TrainingProgress(enabled=config.progress and distributed.is_main(),
-                                    total_epochs=config.epochs, start_epoch=self.epoch)
+                                    total_epochs=config.epochs, start_epoch=self.epoch,
+                                    progress=progress_display)
         try:
             with progress:
                 while self.epoch < config.epochs and not self.stopped_early:
