@@ -32,7 +32,7 @@ LOSSES: Registry = Registry("loss")
 register = LOSSES.register
 
 # Each family module registers its losses on import.
-_FAMILIES = ("pairs", "proxies", "classification", "ranking", "memory", "tuples")
+_FAMILIES = ("pairs", "proxies", "classification", "ranking", "memory", "tuples", "hyperbolic")
 
 
 def _import_families() -> None:

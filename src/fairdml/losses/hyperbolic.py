@@ -1,0 +1,152 @@
+"""Hyperbolic metric learning: Poincare-ball geometry and Hyp-ViT's pairwise cross-entropy.
+
+The Poincare ball of curvature ``-c`` is ``{x : c |x|^2 < 1}``. Embeddings reach it through
+the exponential map at the origin (done by the model head, or here with ``project=True``);
+the loss only needs the geodesic distance, computed for all pairs from one matmul.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+
+from fairdml.losses import register
+from fairdml.losses._common import (
+    as_float32,
+    check_embeddings_and_labels,
+    label_masks,
+    masked_logsumexp,
+    safe_sqrt,
+    squared_euclidean_matrix,
+)
+
+# Points are kept at least this far (relative) inside the boundary, where 1 - c|x|^2
+# would otherwise lose all float32 precision.
+BOUNDARY_EPS = 1e-5
+
+
+def _check_curvature(c: float) -> float:
+    if not c > 0:
+        raise ValueError(f"curvature c must be > 0 (the ball has curvature -c), got {c!r}")
+    return float(c)
+
+
+def check_on_ball(x: torch.Tensor, c: float, name: str = "embeddings") -> None:
+    """Raise a ValueError unless every row of ``x`` lies inside the ball ``c |x|^2 < 1``."""
+    c = _check_curvature(c)
+    scaled_norms = x.detach().norm(dim=-1) * math.sqrt(c)
+    largest = float(scaled_norms.max()) if scaled_norms.numel() else 0.0
+    if not largest < 1.0:
+        raise ValueError(
+            f"{name} are not on the Poincare ball of curvature c={c}: the largest norm is "
+            f"{largest / math.sqrt(c):.6g} but must be < 1/sqrt(c) = {1 / math.sqrt(c):.6g}. "
+            f"Map Euclidean features with expmap0 (or pass project=True).")
+
+
+def clamp_to_ball(x: torch.Tensor, c: float, eps: float = BOUNDARY_EPS) -> torch.Tensor:
+    """Rows of ``x`` with norm above ``(1 - eps) / sqrt(c)`` scaled back to that norm."""
+    max_norm = (1.0 - eps) / math.sqrt(_check_curvature(c))
+    norms = x.norm(dim=-1, keepdim=True).clamp_min(1e-15)
+    return x * (max_norm / norms).clamp(max=1.0)
+
+
+def expmap0(v: torch.Tensor, c: float = 0.1, clip_radius: float | None = 2.3) -> torch.Tensor:
+    """Exponential map at the origin of the Poincare ball: ``tanh(sqrt(c)|v|) v / (sqrt(c)|v|)``.
+
+    With ``clip_radius`` the Euclidean features are first clipped to that norm (feature
+    clipping, Guo et al. CVPR 2022, used by Hyp-ViT with radius 2.3), which keeps the points
+    away from the boundary where gradients vanish. The result is clamped inside the ball.
+    """
+    sqrt_c = math.sqrt(_check_curvature(c))
+    norms = v.norm(dim=-1, keepdim=True).clamp_min(1e-15)
+    if clip_radius is not None:
+        if not clip_radius > 0:
+            raise ValueError(f"clip_radius must be > 0 or None, got {clip_radius!r}")
+        v = v * (clip_radius / norms).clamp(max=1.0)
+        norms = norms.clamp(max=clip_radius)
+    return clamp_to_ball(torch.tanh(sqrt_c * norms) * v / (sqrt_c * norms), c)
+
+
+def poincare_distance(x: torch.Tensor, y: torch.Tensor | None = None,
+                      c: float = 0.1) -> torch.Tensor:
+    """Geodesic distances ``D[i, j]`` between rows of ``x`` and ``y`` on the Poincare ball.
+
+    ``d(x, y) = arcosh(1 + 2 c |x - y|^2 / ((1 - c|x|^2)(1 - c|y|^2))) / sqrt(c)``, equal to
+    the Mobius form ``2 / sqrt(c) * artanh(sqrt(c) |(-x) (+)_c y|)``; the arcosh form needs
+    only the squared Euclidean distance matrix (one matmul). Inputs must be on the ball
+    (ValueError otherwise); points within ``1e-5`` of the boundary are clamped inside, and
+    the gradient at coincident points is 0 instead of inf.
+    """
+    c = _check_curvature(c)
+    check_on_ball(x, c, "x")
+    x = clamp_to_ball(x, c)
+    if y is None:
+        y = x
+    else:
+        check_on_ball(y, c, "y")
+        y = clamp_to_ball(y, c)
+    x_conformal = 1.0 - c * (x * x).sum(dim=-1)
+    y_conformal = 1.0 - c * (y * y).sum(dim=-1)
+    z = 2.0 * c * squared_euclidean_matrix(x, y) / (x_conformal[:, None] * y_conformal[None, :])
+    # arcosh(1 + z) = log(1 + z + sqrt(z (z + 2))), accurate for small z via log1p.
+    return torch.log1p(z + safe_sqrt(z * (z + 2.0))) / math.sqrt(c)
+
+
+@register("hyperbolic_pair_ce")
+class HyperbolicPairCELoss(torch.nn.Module):
+    """Pairwise cross-entropy on the Poincare ball (Ermolov, Mirvakhabova, Khrulkov, Sebe &
+    Oseledets, "Hyperbolic Vision Transformers: Combining Improvements in Metric
+    Learning", CVPR 2022).
+
+    Each anchor ``i`` should pick its positives among all other items of the batch, with
+    logits the negative geodesic distances over a temperature::
+
+        l_ij = -log( exp(-d(z_i, z_j) / t) / sum_{k != i} exp(-d(z_i, z_k) / t) )
+        L = mean_i mean_{j in P(i)} l_ij          (anchors with at least one positive)
+
+    With two samples per class (Hyp-ViT's sampler) this is the paper's loss: each sample's
+    other view is its one positive and every other sample a negative. Defaults from the
+    paper: curvature ``c = 0.1``, temperature ``t = 0.2``. Embeddings must lie on the ball
+    (the model head maps them there); ``project=True`` maps Euclidean inputs with
+    :func:`expmap0` (feature clipping at ``clip_radius = 2.3``) first.
+    """
+
+    def __init__(self, c: float = 0.1, temperature: float = 0.2, project: bool = False,
+                 clip_radius: float | None = 2.3) -> None:
+        super().__init__()
+        self.c = _check_curvature(c)
+        if not temperature > 0:
+            raise ValueError(f"temperature must be > 0, got {temperature!r}")
+        self.temperature = float(temperature)
+        self.project = bool(project)
+        self.clip_radius = clip_radius
+
+    def forward(self, embeddings: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        with torch.autocast(embeddings.device.type, enabled=False):
+            check_embeddings_and_labels(embeddings, labels)
+            z = as_float32(embeddings)
+            if self.project:
+                z = expmap0(z, self.c, self.clip_radius)
+            positive, _ = label_masks(labels)
+            has_positive = positive.any(dim=1)
+            if not bool(has_positive.any()):
+                check_on_ball(z, self.c)
+                return embeddings.sum() * 0.0
+            logits = -poincare_distance(z, c=self.c) / self.temperature
+            others = ~torch.eye(len(labels), dtype=torch.bool, device=z.device)
+            log_probability = logits - masked_logsumexp(logits, others)[:, None]
+            positives = positive.to(z.dtype)
+            per_anchor = -(log_probability * positives).sum(dim=1) \
+                / positives.sum(dim=1).clamp_min(1.0)
+            mask = has_positive.to(z.dtype)
+            return (per_anchor * mask).sum() / mask.sum()
+
+
+__all__ = [
+    "HyperbolicPairCELoss",
+    "check_on_ball",
+    "clamp_to_ball",
+    "expmap0",
+    "poincare_distance",
+]
