@@ -19,6 +19,7 @@ import torch
 import torch.nn.functional as F
 
 from fairdml.losses import register
+from fairdml.losses._common import as_float32
 from fairdml.losses.proxies import ProxyLoss, _check_positive
 
 _SIN_SQUARED_FLOOR = 1e-12  # keeps d sqrt(1 - cos^2) / d cos finite at cos = +-1
@@ -218,13 +219,13 @@ class SubCenterArcFaceLoss(_ArcFaceBase):
         Classes without samples keep their sub-centre 0.
         """
         labels = self.check_inputs(embeddings, labels)
-        cos = self.cosines(embeddings.float()).view(-1, self.num_classes, self.sub_centers)
+        cos = self.cosines(as_float32(embeddings)).view(-1, self.num_classes, self.sub_centers)
         nearest = cos[torch.arange(len(labels), device=labels.device), labels].argmax(dim=1)
         votes = torch.zeros(self.num_classes, self.sub_centers, device=labels.device)
         votes.index_put_((labels, nearest), torch.ones_like(labels, dtype=votes.dtype),
                          accumulate=True)
         winner = votes.argmax(dim=1)
-        units = self.unit_proxies().view(self.num_classes, self.sub_centers, -1)
+        units = self.unit_proxies(cos.dtype).view(self.num_classes, self.sub_centers, -1)
         return units[torch.arange(self.num_classes, device=labels.device), winner]
 
     def extra_repr(self) -> str:

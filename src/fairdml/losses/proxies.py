@@ -96,13 +96,13 @@ class ProxyLoss(torch.nn.Module):
             )
         return labels
 
-    def unit_proxies(self) -> torch.Tensor:
-        """The proxies L2-normalised along the embedding axis, float32, as (rows, dim)."""
-        return l2_normalize(as_float32(self.proxies).reshape(-1, self.embedding_dim))
+    def unit_proxies(self, dtype: torch.dtype = torch.float32) -> torch.Tensor:
+        """The proxies L2-normalised along the embedding axis, as (rows, dim) of ``dtype``."""
+        return l2_normalize(self.proxies.to(dtype).reshape(-1, self.embedding_dim))
 
     def cosines(self, embeddings: torch.Tensor) -> torch.Tensor:
         """Cosine similarity of each embedding to each proxy row: (B, proxies rows)."""
-        return l2_normalize(embeddings) @ self.unit_proxies().T
+        return l2_normalize(embeddings) @ self.unit_proxies(embeddings.dtype).T
 
     def extra_repr(self) -> str:
         return (f"num_classes={self.num_classes}, embedding_dim={self.embedding_dim}, "
@@ -357,7 +357,7 @@ class SoftTripleLoss(ProxyLoss):
         self.margin = float(margin)
 
     def compute(self, embeddings: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-        centres = self.unit_proxies()
+        centres = self.unit_proxies(embeddings.dtype)
         similarity = (l2_normalize(embeddings) @ centres.T).view(
             -1, self.num_classes, self.centers_per_class)
         weights = torch.softmax(similarity / self.gamma, dim=2)
