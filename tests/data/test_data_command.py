@@ -101,3 +101,31 @@ def test_incomplete_cache_is_ignored(tmp_path):
 def test_prepare_resize_is_refused_for_other_sources(capsys):
     assert main(["data", "prepare", "digits", "--root", ".", "--resize", "256"]) == 2
     assert "standard data sets only" in capsys.readouterr().out
+
+
+MLRC_RECALL_KS = {"cub200": [1, 2, 4, 8], "cars196": [1, 2, 4, 8], "sop": [1, 10, 100, 1000],
+                  "inshop": [1, 10, 20, 30, 40]}
+
+
+@pytest.mark.parametrize("name", sorted(MLRC_RECALL_KS))
+def test_mlrc_presets_follow_the_reality_check_protocol(name):
+    from pathlib import Path
+
+    from fairdml import losses
+    from fairdml.config import load_config
+    from fairdml.data import transforms
+    from fairdml.models.trunks import TRUNKS
+
+    preset = Path(__file__).resolve().parents[2] / "configs" / "mlrc" / f"{name}.yaml"
+    config = load_config(preset)
+    assert config.data.name == name
+    assert config.eval.recall_ks == MLRC_RECALL_KS[name]
+    assert (config.data.classes_per_batch, config.data.samples_per_class) == (8, 4)
+    assert config.data.batch_size == 32 and config.data.num_folds == 4
+    assert (config.data.resize_size, config.data.crop_size) == (256, 227)
+    assert config.data.transform in transforms.names()
+    assert config.model.embedding_dim == 128 and config.model.freeze_batchnorm
+    assert config.model.trunk in TRUNKS
+    assert config.loss.name in losses.names()
+    assert (config.optim.name, config.optim.lr) == ("rmsprop", 1e-6)
+    assert config.eval.val_metric == "map@r"
