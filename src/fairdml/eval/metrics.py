@@ -1,0 +1,243 @@
+"""Retrieval metrics from exact neighbour lists and from exact ranks.
+
+Definitions (Musgrave et al., "A Metric Learning Reality Check", ECCV 2020; REFERENCE.md).
+For a query q with R relevant gallery items (same label; in same-set mode the query itself
+is not part of the gallery) and rel(i) = 1 when the i-th nearest item is relevant:
+
+- recall@K = 1 if some rel(i) = 1 for i <= K, else 0 (precision@1 for K = 1);
+- r_precision = (1/R) * sum_{i<=R} rel(i);
+- map@r = (1/R) * sum_{i<=R} rel(i) * P(i), with P(i) = (1/i) * sum_{j<=i} rel(j);
+- map = (1/R) * sum over all positions i of rel(i) * P(i) (classic average precision).
+
+Each metric is the mean over queries with R > 0; queries with R = 0 are counted in
+``num_skipped_queries`` and excluded. The ranking is the one of :mod:`.neighbors`: score
+descending, equal scores broken by the lower gallery index first. That convention is
+deterministic but not neutral: with tied scores it decides which item counts as found.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass, field
+
+import torch
+
+from fairdml.eval.neighbors import NeighborBlock, _bounds, _ScoreBlocks, choose_block
+
+RETRIEVAL_METRICS = ("recall", "r_precision", "map@r", "map")
+
+
+def relevant_counts(
+    gallery_codes: torch.Tensor, query_codes: torch.Tensor, num_classes: int, same_set: bool
+) -> torch.Tensor:
+    """R for every query: gallery items sharing its label, minus itself in same-set mode."""
+    per_class = torch.bincount(gallery_codes, minlength=num_classes)
+    counts = per_class[query_codes]
+    return counts - 1 if same_set else counts
+
+
+@dataclass
+class RetrievalSums:
+    """Running sums of per-query metric values over the queries with R > 0."""
+
+    recall_ks: Sequence[int]
+    recall: dict[int, float] = field(default_factory=dict)
+    r_precision: float = 0.0
+    map_at_r: float = 0.0
+    num_queries: int = 0
+    num_skipped: int = 0
+
+    def add_block(
+        self, relevance: torch.Tensor, counts: torch.Tensor, need_r_metrics: bool
+    ) -> None:
+        """``relevance``: (n, depth) booleans of the ranked neighbours; ``counts``: R."""
+        valid = counts > 0
+        self.num_skipped += int((~valid).sum())
+        self.num_queries += int(valid.sum())
+        if not bool(valid.any()):
+            return
+        rel = relevance[valid]
+        r = counts[valid]
+        for k in self.recall_ks:
+            hit = rel[:, : min(k, rel.shape[1])].any(dim=1)
+            self.recall[k] = self.recall.get(k, 0.0) + float(hit.double().sum())
+        if need_r_metrics:
+            depth = rel.shape[1]
+            if int(r.max()) > depth:
+                raise RuntimeError(f"neighbour depth {depth} is below the largest R {int(r.max())}")
+            positions = torch.arange(1, depth + 1, device=rel.device)
+            within_r = positions[None, :] <= r[:, None]
+            hits = (rel & within_r).double()
+            r_double = r.double()
+            self.r_precision += float((hits.sum(dim=1) / r_double).sum())
+            precision = torch.cumsum(hits, dim=1) / positions[None, :].double()
+            self.map_at_r += float(((precision * hits).sum(dim=1) / r_double).sum())
+
+    def result(self, need_r_metrics: bool) -> dict[str, float]:
+        n = self.num_queries
+        out: dict[str, float] = {}
+        for k in self.recall_ks:
+            out[f"recall@{k}"] = self.recall.get(k, 0.0) / n if n else float("nan")
+        if need_r_metrics:
+            out["r_precision"] = self.r_precision / n if n else float("nan")
+            out["map@r"] = self.map_at_r / n if n else float("nan")
+        return out
+
+
+def retrieval_from_neighbors(
+    blocks: Iterable[NeighborBlock],
+    gallery_codes: torch.Tensor,
+    query_codes: torch.Tensor,
+    counts: torch.Tensor,
+    recall_ks: Sequence[int],
+    need_r_metrics: bool,
+) -> dict[str, float]:
+    """recall@K, r_precision and map@r from neighbour blocks of depth >= max(K, R)."""
+    sums = RetrievalSums(recall_ks=list(recall_ks))
+    for block in blocks:
+        rows = slice(block.start, block.start + block.indices.shape[0])
+        relevance = gallery_codes[block.indices] == query_codes[rows, None]
+        sums.add_block(relevance, counts[rows], need_r_metrics)
+    out = sums.result(need_r_metrics)
+    out["num_queries"] = float(sums.num_queries)
+    out["num_skipped_queries"] = float(sums.num_skipped)
+    return out
+
+
+def _relevant_scores(scorer, r, col_parts, codes_r, gallery_codes, same_set):
+    """Per query row of ``r``: its relevant (score, gallery index) pairs, from the products."""
+    rows, cols, vals = [], [], []
+    for c in col_parts:
+        scores = scorer.compute(r, c)
+        rel = codes_r[:, None] == gallery_codes[c][None, :]
+        if same_set:
+            _drop_self(rel, r, c)
+        i, j = torch.nonzero(rel).unbind(1)
+        rows.append(i)
+        cols.append(j + c.start)
+        vals.append(scores[i, j])
+    return torch.cat(rows), torch.cat(cols), torch.cat(vals)
+
+
+def _drop_self(mask: torch.Tensor, r: slice, c: slice) -> None:
+    lo, hi = max(r.start, c.start), min(r.stop, c.stop)
+    if lo < hi:
+        idx = torch.arange(lo, hi, device=mask.device)
+        mask[idx - r.start, idx - c.start] = False
+
+
+def _padded_ascending(rows, cols, vals, n, counts_r, dtype):
+    """(n, Rmax) relevant scores in reverse ranking order: ascending score, and among equal
+    scores descending index (the lower index ranks first). Pads are +inf, index -1."""
+    width = max(int(counts_r.max()), 1)
+    for key in ("cols", "vals", "rows"):
+        current = {"cols": cols, "vals": vals, "rows": rows}[key]
+        order = torch.sort(current, descending=key == "cols", stable=True).indices
+        rows, cols, vals = rows[order], cols[order], vals[order]
+    starts = torch.cumsum(counts_r, 0) - counts_r
+    slot = torch.arange(rows.shape[0], device=rows.device) - starts[rows]
+    asc_vals = torch.full((n, width), float("inf"), dtype=dtype, device=vals.device)
+    asc_idx = torch.full((n, width), -1, dtype=torch.int64, device=vals.device)
+    asc_vals[rows, slot] = vals
+    asc_idx[rows, slot] = cols
+    return asc_vals, asc_idx
+
+
+def full_average_precision(
+    rows_emb: torch.Tensor,
+    gallery: torch.Tensor,
+    query_codes: torch.Tensor,
+    gallery_codes: torch.Tensor,
+    counts: torch.Tensor,
+    *,
+    same_set: bool,
+    distance: str,
+    memory_budget: int,
+    on_step: Callable[[int, int], None] | None = None,
+) -> float:
+    """Mean average precision over the full ranking (``map``), exact, without a full sort.
+
+    For query q with relevant items j_1..j_R in ranking order, rank(j_m) = m + c_m where
+    c_m counts the non-relevant items ranked before j_m (higher score, or equal score and
+    lower index). AP = (1/R) * sum_m m / rank(j_m). Two chunked passes over the products:
+    one collects the relevant scores, one counts for each non-relevant item how many
+    relevant items it precedes (``searchsorted`` + ``bincount``). Memory is bounded by the
+    block size and by (rows x max R).
+    """
+    n_rows, n_cols = rows_emb.shape[0], gallery.shape[0]
+    block = choose_block(max(n_rows, n_cols), 8, rows_emb.element_size() + 16, memory_budget // 4)
+    scorer = _ScoreBlocks(rows_emb, gallery, distance, block)
+    row_parts, col_parts = _bounds(n_rows, block), _bounds(n_cols, block)
+    total, done, ap_sum = 2 * len(row_parts) * len(col_parts), 0, 0.0
+    for r in row_parts:
+        n = r.stop - r.start
+        counts_r = counts[r].clamp_min(0)
+        codes_r = query_codes[r]
+        rr, cc, vv = _relevant_scores(scorer, r, col_parts, codes_r, gallery_codes, same_set)
+        done += len(col_parts)
+        asc_vals, asc_idx = _padded_ascending(rr, cc, vv, n, counts_r, rows_emb.dtype)
+        width = asc_vals.shape[1]
+        histogram = torch.zeros(n * (width + 1), dtype=torch.int64, device=rows_emb.device)
+        offsets = torch.arange(n, device=rows_emb.device)[:, None] * (width + 1)
+        for c in col_parts:
+            scores = scorer.compute(r, c)
+            drop = codes_r[:, None] == gallery_codes[c][None, :]
+            scores.masked_fill_(drop, float("-inf"))
+            if same_set:
+                _drop_self_scores(scores, r, c)
+            below = torch.searchsorted(asc_vals, scores, side="left")
+            histogram += torch.bincount((below + offsets).flatten(), minlength=n * (width + 1))
+            _add_exact_ties(histogram, scores, asc_vals, asc_idx, below, c, width)
+            done += 1
+            if on_step:
+                on_step(done, total)
+        preceding = _preceding_counts(histogram.view(n, width + 1))
+        valid = counts_r > 0
+        positions = torch.arange(width, device=rows_emb.device)
+        m = (counts_r[:, None] - positions[None, :]).double()  # 1-based rank among relevant
+        real = positions[None, :] < counts_r[:, None]
+        ap = torch.where(real, m / (m + preceding.double()), torch.zeros_like(m)).sum(dim=1)
+        ap_sum += float((ap[valid] / counts_r[valid].double()).sum())
+    num = int((counts > 0).sum())
+    return ap_sum / num if num else float("nan")
+
+
+def _drop_self_scores(scores: torch.Tensor, r: slice, c: slice) -> None:
+    lo, hi = max(r.start, c.start), min(r.stop, c.stop)
+    if lo < hi:
+        idx = torch.arange(lo, hi, device=scores.device)
+        scores[idx - r.start, idx - c.start] = float("-inf")
+
+
+def _preceding_counts(histogram: torch.Tensor) -> torch.Tensor:
+    """c_t = items with ``below > t`` = items scoring above ascending relevant position t."""
+    above = torch.flip(torch.cumsum(torch.flip(histogram, [1]), dim=1), [1])
+    return above[:, 1:]
+
+
+def _add_exact_ties(histogram, scores, asc_vals, asc_idx, below, c, width):
+    """Items scoring exactly like a relevant item precede it when their index is lower.
+
+    ``below`` counted them as preceding only the relevant items with strictly lower score;
+    for each tie, add one at the position just past the tied relevant items it beats.
+    """
+    above_or_equal = torch.searchsorted(asc_vals, scores, side="right")
+    tie_rows, tie_cols = torch.nonzero(above_or_equal > below).unbind(1)
+    if tie_rows.numel() == 0:
+        return
+    item = tie_cols + c.start
+    lo = below[tie_rows, tie_cols]
+    hi = above_or_equal[tie_rows, tie_cols]
+    # Ascending positions lo..hi-1 hold the tied relevant items, in descending index order;
+    # the item precedes those with a higher index, i.e. a prefix lo..lo+p-1 of that run.
+    beaten = torch.zeros_like(lo)
+    for offset in range(int((hi - lo).max())):
+        pos = lo + offset
+        inside = pos < hi
+        rel_index = asc_idx[tie_rows, pos.clamp_max(width - 1)]
+        beaten += (inside & (item < rel_index)).long()
+    # Moving the item's bin from ``lo`` to ``lo + beaten`` makes it precede those too.
+    flat_old = tie_rows * (width + 1) + lo
+    flat_new = tie_rows * (width + 1) + lo + beaten
+    histogram.index_add_(0, flat_old, -torch.ones_like(flat_old))
+    histogram.index_add_(0, flat_new, torch.ones_like(flat_new))

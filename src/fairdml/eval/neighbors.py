@@ -1,0 +1,354 @@
+"""Exact k-nearest-neighbour search: chunked matrix products with a running top-k.
+
+Scores (higher is closer):
+
+- ``cosine``: the dot product of L2-normalised rows (the caller normalises);
+- ``euclidean``: the negative squared distance ``2 a.b - |a|^2 - |b|^2``; reported
+  neighbour scores are clamped at 0 from above, so duplicates score exactly 0.
+
+Order and tie-breaking: neighbours are sorted by score, highest first; equal scores are
+broken by the lower gallery index first. The selection is exact under this strict total
+order: the running top-k is updated with ``topk(k + 1)``, and a row whose k-th and
+(k+1)-th candidates tie is re-selected with a stable two-key sort.
+
+Same-set search (``gallery=None``) never returns an item as its own neighbour (by index:
+an identical duplicate is a legitimate neighbour). It partitions the items into blocks
+and multiplies each pair of blocks once: the product ``S = A_p A_q^T`` (p <= q) feeds the
+top-k of the rows of block p and, transposed, of the rows of block q, which halves the
+multiply-adds. The plain path used when the symmetric state does not fit the memory
+budget computes block (p, q) with p > q as the transpose of the same ``A_q A_p^T``, so both
+paths see bit-identical scores and return identical neighbours.
+
+Speed: after a block has filled a row's top-k, a later block only contributes the entries
+at or above the row's current k-th score; these are found with one comparison pass and
+``nonzero`` and merged, instead of a ``topk`` over the whole block (dense blocks, for
+example the first one of each row, use ``topk``).
+
+Memory: ``memory_budget`` bytes (default 1 GiB) bound the extra memory beyond the
+normalised copy of the embeddings and the returned ``(n, k)`` arrays: the score block
+``B x B`` (4 bytes each, plus a 1-byte mask), the candidates, and, on the symmetric path
+only, the running top-k of all ``N`` rows (``N * k * 8`` bytes with int32 indices; the
+plain path holds it for one block of rows). Numbers do not depend on the block size
+except through float summation order inside the matrix product, which can move a score
+by an ulp.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+
+import torch
+
+DEFAULT_MEMORY_BUDGET = 1 << 30
+_MIN_BLOCK = 64
+_SPARSE_MAX_FRACTION = 0.2
+
+
+@dataclass(frozen=True)
+class NeighborBlock:
+    """The neighbours of query rows ``start .. start + len(indices) - 1``, best first."""
+
+    start: int
+    scores: torch.Tensor
+    indices: torch.Tensor
+
+
+def lexsort_rows(values: torch.Tensor, indices: torch.Tensor, k: int) -> tuple[torch.Tensor, ...]:
+    """The first ``k`` of each row ordered by value descending, then index ascending."""
+    by_index = torch.argsort(indices, dim=1, stable=True)
+    values = values.gather(1, by_index)
+    indices = indices.gather(1, by_index)
+    order = torch.sort(values, dim=1, descending=True, stable=True).indices[:, :k]
+    return values.gather(1, order), indices.gather(1, order)
+
+
+def select_topk(values: torch.Tensor, indices: torch.Tensor, k: int) -> tuple[torch.Tensor, ...]:
+    """Exact top-``k`` of each row under (value desc, index asc), in no particular order.
+
+    ``indices`` may be an expanded (broadcast) tensor. Rows with fewer than ``k``
+    candidates are not allowed: callers pad with ``-inf``.
+    """
+    n, m = values.shape
+    if m < k:
+        raise ValueError(f"select_topk needs at least k={k} candidates per row, got {m}")
+    if m == k:
+        return values.clone(), indices.contiguous().clone()
+    top_values, positions = torch.topk(values, k + 1, dim=1, sorted=False)
+    top_indices = indices.gather(1, positions)
+    lowest, lowest_at = top_values.min(dim=1)
+    tied = (top_values == lowest[:, None]).sum(dim=1) > 1
+    keep = torch.ones_like(top_values, dtype=torch.bool)
+    keep[torch.arange(n, device=values.device), lowest_at] = False
+    out_values = top_values[keep].view(n, k)
+    out_indices = top_indices[keep].view(n, k)
+    if bool(tied.any()):
+        rows = torch.nonzero(tied).flatten()
+        exact_values, exact_indices = lexsort_rows(
+            values[rows], indices[rows].contiguous(), k
+        )
+        out_values[rows] = exact_values
+        out_indices[rows] = exact_indices
+    return out_values, out_indices
+
+
+class RunningTopK:
+    """The best ``k`` (score, gallery index) pairs seen so far for ``n`` query rows."""
+
+    def __init__(
+        self, n: int, k: int, n_gallery: int, dtype: torch.dtype, device: torch.device
+    ) -> None:
+        self.k = k
+        self.values = torch.full((n, k), float("-inf"), dtype=dtype, device=device)
+        # Placeholders sort after every real index; they are all replaced because every
+        # row has at least k real candidates.
+        self.index_dtype = torch.int32 if n_gallery < 2**31 - 1 else torch.int64
+        self.indices = torch.full(
+            (n, k), torch.iinfo(self.index_dtype).max, dtype=self.index_dtype, device=device
+        )
+        self.threshold = torch.full((n,), float("-inf"), dtype=dtype, device=device)
+
+    def _merge(self, rows: slice, values: torch.Tensor, indices: torch.Tensor) -> None:
+        merged_values = torch.cat([self.values[rows], values], dim=1)
+        merged_indices = torch.cat([self.indices[rows].long(), indices], dim=1)
+        new_values, new_indices = select_topk(merged_values, merged_indices, self.k)
+        self.values[rows] = new_values
+        self.indices[rows] = new_indices.to(self.index_dtype)
+        self.threshold[rows] = new_values.min(dim=1).values
+
+    def add_dense(self, rows: slice, scores: torch.Tensor, first_column: int) -> None:
+        """Offer every entry of ``scores`` (rows x columns, any strides)."""
+        n, m = scores.shape
+        columns = torch.arange(first_column, first_column + m, device=scores.device)
+        columns = columns.expand(n, m)
+        if m > self.k:
+            block_values, block_indices = select_topk(scores, columns, self.k)
+        else:
+            block_values, block_indices = scores, columns
+        self._merge(rows, block_values, block_indices)
+
+    def add(self, rows: slice, scores: torch.Tensor, first_column: int, mask: torch.Tensor) -> None:
+        """Offer the entries of ``scores`` that can enter the top-k (a pre-filter)."""
+        n, m = scores.shape
+        threshold = self.threshold[rows]
+        if m <= self.k or bool(torch.isinf(threshold).any()):
+            self.add_dense(rows, scores, first_column)
+            return
+        torch.ge(scores, threshold[:, None], out=mask)
+        count = int(mask.count_nonzero())
+        if count == 0:
+            return
+        if count > _SPARSE_MAX_FRACTION * n * m:
+            self.add_dense(rows, scores, first_column)
+            return
+        if scores.stride(0) < scores.stride(1):
+            # A transposed view: find entries in memory order, then group them by row.
+            column_ids, row_ids = torch.nonzero(mask.T).unbind(1)
+            order = torch.argsort(row_ids, stable=True)
+            row_ids, column_ids = row_ids[order], column_ids[order]
+        else:
+            row_ids, column_ids = torch.nonzero(mask).unbind(1)
+        counts = torch.bincount(row_ids, minlength=n)
+        width = int(counts.max())
+        starts = torch.cumsum(counts, 0) - counts
+        slot = torch.arange(count, device=scores.device) - starts[row_ids]
+        values = torch.full((n, width), float("-inf"), dtype=scores.dtype, device=scores.device)
+        indices = torch.full(
+            (n, width), torch.iinfo(torch.int64).max, dtype=torch.int64, device=scores.device
+        )
+        values[row_ids, slot] = scores[row_ids, column_ids]
+        indices[row_ids, slot] = column_ids + first_column
+        self._merge(rows, values, indices)
+
+    def finish(self, rows: slice) -> tuple[torch.Tensor, torch.Tensor]:
+        """The rows' neighbours sorted best first (value desc, index asc)."""
+        return lexsort_rows(self.values[rows], self.indices[rows].long(), self.k)
+
+
+def _block_bytes(block: int, k: int, itemsize: int) -> int:
+    # score buffer + mask, nonzero output at the sparse limit, and the merge temporaries
+    # (about four (block, 2k) arrays of value + int64 index).
+    scores = block * block * (itemsize + 1)
+    candidates = 16 * int(_SPARSE_MAX_FRACTION * block * block)
+    merges = 4 * block * 2 * (k + 1) * (itemsize + 8)
+    return scores + candidates + merges
+
+
+def choose_block(n: int, k: int, itemsize: int, budget: int) -> int:
+    """The largest block edge (a multiple of 64, at most ``n``) whose buffers fit ``budget``."""
+    block = _MIN_BLOCK
+    while block < n and _block_bytes(min(2 * block, n), k, itemsize) <= budget:
+        block *= 2
+    return max(1, min(block, n))
+
+
+class _ScoreBlocks:
+    """Computes score blocks into one reused buffer (no per-block allocation)."""
+
+    def __init__(
+        self, rows: torch.Tensor, cols: torch.Tensor, distance: str, block: int
+    ) -> None:
+        self.rows, self.cols, self.distance = rows, cols, distance
+        dtype, device = rows.dtype, rows.device
+        self.buffer = torch.empty(block * block, dtype=dtype, device=device)
+        self.mask = torch.empty(block * block, dtype=torch.bool, device=device)
+        if distance == "euclidean":
+            self.row_sq = (rows * rows).sum(dim=1)
+            self.col_sq = (cols * cols).sum(dim=1)
+
+    def compute(self, r: slice, c: slice) -> torch.Tensor:
+        a, b = self.rows[r], self.cols[c]
+        out = self.buffer[: a.shape[0] * b.shape[0]].view(a.shape[0], b.shape[0])
+        if self.distance == "cosine":
+            torch.mm(a, b.T, out=out)
+        else:
+            torch.addmm(-self.col_sq[c][None, :], a, b.T, alpha=2.0, out=out)
+            out.sub_(self.row_sq[r][:, None])
+        return out
+
+    def mask_for(self, scores: torch.Tensor) -> torch.Tensor:
+        n, m = scores.shape
+        view = self.mask[: n * m]
+        if scores.stride(0) < scores.stride(1):
+            return view.view(m, n).T
+        return view.view(n, m)
+
+
+def _exclude_self(scores: torch.Tensor) -> None:
+    scores.diagonal().fill_(float("-inf"))
+
+
+def _bounds(n: int, block: int) -> list[slice]:
+    return [slice(s, min(s + block, n)) for s in range(0, n, block)]
+
+
+def _finalise(scores: torch.Tensor, distance: str) -> torch.Tensor:
+    return scores.clamp_max(0.0) if distance == "euclidean" else scores
+
+
+def iter_neighbors(
+    gallery: torch.Tensor,
+    k: int,
+    *,
+    queries: torch.Tensor | None = None,
+    distance: str = "cosine",
+    memory_budget: int = DEFAULT_MEMORY_BUDGET,
+    symmetric: bool | None = None,
+    block_size: int | None = None,
+    on_step: Callable[[int, int], None] | None = None,
+) -> Iterator[NeighborBlock]:
+    """Yield the exact ``k`` nearest gallery items of every query, one block of rows at a time.
+
+    ``gallery`` and ``queries`` must already be normalised for cosine. Without ``queries``
+    every gallery item queries all the others (same-set). ``symmetric`` forces the
+    symmetric (True) or plain (False) same-set path; ``None`` picks symmetric when its
+    state fits ``memory_budget``. ``block_size`` overrides the block edge derived from the
+    budget. ``on_step(done, total)`` reports progress in score blocks.
+    """
+    same_set = queries is None
+    rows = gallery if same_set else queries
+    n_rows, n_cols = rows.shape[0], gallery.shape[0]
+    available = n_cols - 1 if same_set else n_cols
+    if not 1 <= k <= available:
+        raise ValueError(
+            f"k must be between 1 and {available} (the number of gallery candidates), got {k}"
+        )
+    if memory_budget <= 0:
+        raise ValueError(f"memory_budget must be a positive number of bytes, got {memory_budget}")
+    itemsize = rows.element_size()
+    state_bytes = n_rows * k * (itemsize + 4)
+    if same_set and symmetric is None:
+        symmetric = state_bytes <= 0.6 * memory_budget
+    if block_size is None:
+        left = memory_budget - (state_bytes if (same_set and symmetric) else 0)
+        block = choose_block(max(n_rows, n_cols), k, itemsize, max(left, memory_budget // 4))
+    else:
+        if block_size < 1:
+            raise ValueError(f"block_size must be positive, got {block_size}")
+        block = block_size
+    scorer = _ScoreBlocks(rows, gallery, distance, block)
+    if same_set and symmetric:
+        yield from _symmetric(scorer, n_rows, k, block, distance, on_step)
+    else:
+        yield from _plain(scorer, n_rows, n_cols, k, block, same_set, distance, on_step)
+
+
+def _symmetric(scorer, n, k, block, distance, on_step) -> Iterator[NeighborBlock]:
+    parts = _bounds(n, block)
+    total = len(parts) * (len(parts) + 1) // 2
+    done = 0
+    state = RunningTopK(n, k, n, scorer.rows.dtype, scorer.rows.device)
+    for p in parts:  # diagonal blocks first: they fill every row's top-k
+        scores = scorer.compute(p, p)
+        _exclude_self(scores)
+        state.add_dense(p, scores, p.start)
+        done += 1
+        if on_step:
+            on_step(done, total)
+    for i, p in enumerate(parts):
+        for q in parts[i + 1 :]:
+            scores = scorer.compute(p, q)
+            state.add(p, scores, q.start, scorer.mask_for(scores))
+            state.add(q, scores.T, p.start, scorer.mask_for(scores.T))
+            done += 1
+            if on_step:
+                on_step(done, total)
+        values, indices = state.finish(p)
+        yield NeighborBlock(p.start, _finalise(values, distance), indices)
+
+
+def _plain(scorer, n_rows, n_cols, k, block, same_set, distance, on_step):
+    row_parts = _bounds(n_rows, block)
+    col_parts = _bounds(n_cols, block)
+    total = len(row_parts) * len(col_parts)
+    done = 0
+    for i, r in enumerate(row_parts):
+        state = RunningTopK(r.stop - r.start, k, n_cols, scorer.rows.dtype, scorer.rows.device)
+        local = slice(0, r.stop - r.start)
+        # Same-set: the diagonal block first (it fills the top-k); p > q blocks are the
+        # transposes of the products the symmetric path computes, for identical scores.
+        order = [i] + [j for j in range(len(col_parts)) if j != i] if same_set else None
+        for j in order if same_set else range(len(col_parts)):
+            c = col_parts[j]
+            if same_set and j < i:
+                scores = scorer.compute(c, r).T
+            else:
+                scores = scorer.compute(r, c)
+            if same_set and j == i:
+                _exclude_self(scores)
+                state.add_dense(local, scores, c.start)
+            else:
+                state.add(local, scores, c.start, scorer.mask_for(scores))
+            done += 1
+            if on_step:
+                on_step(done, total)
+        values, indices = state.finish(local)
+        yield NeighborBlock(r.start, _finalise(values, distance), indices)
+
+
+def exact_knn(
+    gallery: torch.Tensor,
+    k: int,
+    *,
+    queries: torch.Tensor | None = None,
+    distance: str = "cosine",
+    memory_budget: int = DEFAULT_MEMORY_BUDGET,
+    symmetric: bool | None = None,
+    block_size: int | None = None,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """All neighbours at once: ``(scores, indices)`` of shape ``(n_queries, k)``, best first.
+
+    Inputs are used as given (normalise them first for cosine). See :func:`iter_neighbors`.
+    """
+    parts = list(
+        iter_neighbors(
+            gallery,
+            k,
+            queries=queries,
+            distance=distance,
+            memory_budget=memory_budget,
+            symmetric=symmetric,
+            block_size=block_size,
+        )
+    )
+    return torch.cat([p.scores for p in parts]), torch.cat([p.indices for p in parts])
