@@ -92,7 +92,11 @@ class AvgMaxPooling(nn.Module):
 
 @POOLINGS.register("gem")
 class GeMPooling(nn.Module):
-    """Generalised-mean pooling (mean x^p)^(1/p) with learnable p (Radenovic et al. 2018)."""
+    """Generalised-mean pooling (mean x^p)^(1/p) with learnable p (Radenovic et al. 2018).
+
+    Computed as m * (mean (x/m)^p)^(1/p) with m = max x, which is the same value but does
+    not overflow in float32 / bfloat16 when p grows during training.
+    """
 
     requires_non_negative = True
 
@@ -105,7 +109,10 @@ class GeMPooling(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         p = self.p.to(x.dtype)
-        return x.clamp(min=self.eps).pow(p).mean(dim=(-2, -1)).pow(1.0 / p)
+        x = x.clamp(min=self.eps)
+        # Factor out the maximum so that x^p cannot overflow for large p (same value).
+        scale = x.detach().amax(dim=(-2, -1), keepdim=True)
+        return (x / scale).pow(p).mean(dim=(-2, -1)).pow(1.0 / p) * scale.flatten(-3)
 
 
 @POOLINGS.register("mixed")
@@ -136,6 +143,9 @@ class ClsTokenPooling(nn.Module):
 @NORMALIZATIONS.register("l2")
 class L2Normalization(nn.Module):
     """phi / ||phi||_2."""
+
+    def __init__(self) -> None:  # no parameters (the registry passes only accepted ones)
+        super().__init__()
 
     def forward(self, z: torch.Tensor) -> torch.Tensor:
         return F.normalize(z, dim=-1)
@@ -169,6 +179,9 @@ class BetaNormalization(nn.Module):
 @NORMALIZATIONS.register("none")
 class NoNormalization(nn.Module):
     """The linear output unchanged."""
+
+    def __init__(self) -> None:  # no parameters (the registry passes only accepted ones)
+        super().__init__()
 
     def forward(self, z: torch.Tensor) -> torch.Tensor:
         return z
