@@ -17,7 +17,8 @@ default 0 here).
 
 The wrapped loss must have the query / reference form
 ``loss(embeddings, labels, ref_embeddings=..., ref_labels=...)`` (see
-:mod:`fairdml.losses.tuples`). If it also accepts ``ref_self_mask`` (a bool
+:mod:`fairdml.losses.tuples`); for fairdml's ``contrastive``, which has none, this module
+supplies it (:func:`contrastive_against_references`). If it also accepts ``ref_self_mask`` (a bool
 ``B x M`` mask of the "same sample" pairs), the memory term is exactly the paper's and
 pytorch-metric-learning's ``CrossBatchMemory`` (with ``batch_weight=0``). Otherwise the
 memory term is computed against the memory *before* the current batch is added (so no
@@ -36,7 +37,46 @@ from typing import Any
 import torch
 
 from fairdml.losses import create, register
-from fairdml.losses._common import as_float32, check_embeddings_and_labels
+from fairdml.losses._common import (
+    as_float32,
+    check_embeddings_and_labels,
+    mean_of_nonzero,
+    normalized_euclidean_matrix,
+)
+
+
+def contrastive_against_references(loss: torch.nn.Module, embeddings: torch.Tensor,
+                                   labels: torch.Tensor, ref_embeddings: torch.Tensor,
+                                   ref_labels: torch.Tensor,
+                                   ref_self_mask: torch.Tensor | None = None) -> torch.Tensor:
+    """The reference form of fairdml's ``contrastive`` loss, which has none of its own.
+
+    Same formula as :class:`fairdml.losses.pairs.ContrastiveLoss` (reality-check form,
+    Hadsell et al. 2006), on the ``B x R`` query-reference distances::
+
+        L = mean_{+, >0} [d_ij - pos_margin]_+  +  mean_{-, >0} [neg_margin - d_ij]_+
+
+    with ``d`` the Euclidean distance of the L2-normalised embeddings; the pairs marked in
+    ``ref_self_mask`` (a sample and its own copy) are neither positive nor negative.
+    """
+    queries = as_float32(embeddings)
+    distances = normalized_euclidean_matrix(queries, as_float32(ref_embeddings))
+    same = labels[:, None] == ref_labels[None, :]
+    valid = torch.ones_like(same) if ref_self_mask is None else ~ref_self_mask
+    return (mean_of_nonzero(torch.relu(distances - loss.pos_margin), same & valid)
+            + mean_of_nonzero(torch.relu(loss.neg_margin - distances), ~same & valid))
+
+
+def _adapter_for(loss: torch.nn.Module):
+    """A reference-form function for a registered loss that lacks one, or None."""
+    from fairdml.losses.pairs import ContrastiveLoss
+
+    if type(loss) is ContrastiveLoss:
+        if getattr(loss, "miner", None) is not None:
+            raise ValueError("cross_batch_memory: contrastive with a miner has no reference "
+                             "form here; use it without a miner")
+        return contrastive_against_references
+    return None
 
 
 def _forward_parameters(loss: torch.nn.Module) -> set[str]:
@@ -84,7 +124,12 @@ class CrossBatchMemory(torch.nn.Module):
                              f"got {start_step!r}")
         self.loss = self._build_loss(loss, loss_params, miner, embedding_dim)
         parameters = _forward_parameters(self.loss)
+        self._adapter = None
         if not {"ref_embeddings", "ref_labels"} <= parameters:
+            self._adapter = _adapter_for(self.loss)
+        if self._adapter is not None:
+            parameters = {"ref_embeddings", "ref_labels", "ref_self_mask"}
+        elif not {"ref_embeddings", "ref_labels"} <= parameters:
             raise ValueError(
                 f"cross_batch_memory: the wrapped loss {type(self.loss).__name__} has no "
                 f"query/reference form; it needs forward(embeddings, labels, "
@@ -139,6 +184,19 @@ class CrossBatchMemory(torch.nn.Module):
         self.memory_count.clamp_(max=self.memory_size - len(labels)).add_(len(labels))
         return slots
 
+    def _against(self, embeddings: torch.Tensor, labels: torch.Tensor,
+                 references: torch.Tensor, reference_labels: torch.Tensor,
+                 self_mask: torch.Tensor | None = None) -> torch.Tensor:
+        """The wrapped loss of the queries against the references."""
+        if self._adapter is not None:
+            return self._adapter(self.loss, embeddings, labels, references, reference_labels,
+                                 self_mask)
+        if self_mask is None:
+            return self.loss(embeddings, labels, ref_embeddings=references,
+                             ref_labels=reference_labels)
+        return self.loss(embeddings, labels, ref_embeddings=references,
+                         ref_labels=reference_labels, ref_self_mask=self_mask)
+
     def forward(self, embeddings: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
         check_embeddings_and_labels(embeddings, labels)
         if embeddings.shape[1] != self.embedding_dim:
@@ -161,14 +219,13 @@ class CrossBatchMemory(torch.nn.Module):
             references, reference_labels = self._stored()
             self_mask = slots[:, None] == torch.arange(len(reference_labels),
                                                        device=slots.device)[None, :]
-            memory_term = self.loss(embeddings, labels, ref_embeddings=references,
-                                    ref_labels=reference_labels, ref_self_mask=self_mask)
+            memory_term = self._against(embeddings, labels, references, reference_labels,
+                                        self_mask)
         else:
             references, reference_labels = self._stored()
             # A copy: the enqueue below writes into the buffer before the backward pass.
             references, reference_labels = references.clone(), reference_labels.clone()
-            memory_term = (self.loss(embeddings, labels, ref_embeddings=references,
-                                     ref_labels=reference_labels)
+            memory_term = (self._against(embeddings, labels, references, reference_labels)
                            if len(reference_labels) else None)
             if self.training:
                 self._enqueue(embeddings, labels)
