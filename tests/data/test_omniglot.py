@@ -149,3 +149,19 @@ def test_download_failure_is_a_clear_error(tmp_path):
     with pytest.raises(DownloadError, match="images_background.zip"):
         data.load("omniglot", tmp_path / "data", download=True,
                   base_url=(tmp_path / "no-server").as_uri(), cache_dir=tmp_path / "cache")
+
+
+def test_official_split_follows_background_and_evaluation(basic_omniglot_tree, tmp_path):
+    container = tmp_path / "container"
+    shutil.copytree(basic_omniglot_tree / "Beta", container / "images_background" / "Beta")
+    shutil.copytree(basic_omniglot_tree / "Alpha", container / "images_evaluation" / "Alpha")
+    half = data.load("omniglot", container)
+    assert set(half.with_split("train").labels.tolist()) == {
+        f"Alpha/character0{c}" for c in (1, 2, 3)}
+    official = data.load("omniglot", container, split="official")
+    assert set(official.with_split("train").labels.tolist()) == {
+        f"Beta/character0{c}" for c in (1, 2, 3)}
+    with pytest.raises(ValueError, match="images_background"):
+        data.load("omniglot", basic_omniglot_tree, split="official")
+    with pytest.raises(ValueError, match="split must be one of"):
+        data.load("omniglot", basic_omniglot_tree, split="lake")

@@ -18,12 +18,13 @@ Zips are never read in place: each is extracted once, safely, into
 option, else ``$FAIRDML_CACHE``, else ``~/.cache/fairdml`` (so a read-only data folder
 works). The table lists absolute paths of the PNG files.
 
-Labels are strings ``"<alphabet>/<character>"``, one class per character. Classes are
-sorted by (alphabet, character); the first ``ceil(K / 2)`` train and the rest test, all
-test items being query and gallery. With both official zips this mixes background and
-evaluation alphabets by name order, the convention of the DML toolkits, not Lake's
-one-shot split. ``download=True`` fetches the official zips into ``root`` (or
-``<cache>/omniglot``) when they are missing.
+Labels are strings ``"<alphabet>/<character>"``, one class per character; every item is
+query and gallery. ``split="half"`` (default): classes sorted by (alphabet, character), the
+first ``ceil(K / 2)`` train and the rest test; with both official zips this mixes
+background and evaluation alphabets by name order. ``split="official"``: Lake's split,
+the characters of ``images_background*`` train and those of ``images_evaluation*`` test
+(the tree or zip names tell which is which). ``download=True`` fetches the official zips
+into ``root`` (or ``<cache>/omniglot``) when they are missing.
 """
 
 from __future__ import annotations
@@ -43,6 +44,8 @@ OFFICIAL_BASE_URL = "https://github.com/brendenlake/omniglot/raw/master/python"
 OFFICIAL_ARCHIVES = ("images_background.zip", "images_evaluation.zip")
 IMAGE_SUFFIX = ".png"
 HASH_PREFIX = 16
+SPLITS = ("half", "official")
+OFFICIAL_PARTS = {"images_background": "train", "images_evaluation": "test"}
 
 
 def cache_root(cache_dir: str | Path | None = None) -> Path:
@@ -56,8 +59,10 @@ def cache_root(cache_dir: str | Path | None = None) -> Path:
 @register("omniglot")
 def omniglot(root: Path | None = None, *, download: bool = False,
              cache_dir: str | Path | None = None,
-             base_url: str = OFFICIAL_BASE_URL) -> SampleTable:
+             base_url: str = OFFICIAL_BASE_URL, split: str = "half") -> SampleTable:
     """The Omniglot table from ``root`` (see the module docstring)."""
+    if split not in SPLITS:
+        raise ValueError(f"omniglot split must be one of {SPLITS}, got {split!r}")
     cache = cache_root(cache_dir) / "omniglot"
     if root is None:
         if not download:
@@ -71,7 +76,7 @@ def omniglot(root: Path | None = None, *, download: bool = False,
     if not root.exists():
         raise FileNotFoundError(f"omniglot root {root} does not exist")
     trees = find_trees(root, cache)
-    return table_from_trees(trees)
+    return table_from_trees(trees, split=split)
 
 
 def fetch_official(folder: Path, *, base_url: str = OFFICIAL_BASE_URL) -> list[Path]:
@@ -138,8 +143,8 @@ def extract_cached(archive: Path, cache: Path) -> Path:
     return target
 
 
-def table_from_trees(trees: list[Path]) -> SampleTable:
-    """One row per PNG; classes sorted by (alphabet, character), first half train."""
+def table_from_trees(trees: list[Path], *, split: str = "half") -> SampleTable:
+    """One row per PNG, split by class as ``split`` says (see the module docstring)."""
     owner: dict[tuple[str, str], Path] = {}
     paths: list[str] = []
     keys: list[tuple[str, str]] = []
@@ -161,11 +166,22 @@ def table_from_trees(trees: list[Path]) -> SampleTable:
     if len(classes) < 2:
         raise ValueError(f"omniglot needs at least 2 characters, found {len(classes)} in "
                          f"{', '.join(map(str, trees))}")
-    num_train = (len(classes) + 1) // 2
-    train_classes = set(classes[:num_train])
+    if split == "official":
+        part = {tree: _official_part(tree) for tree in trees}
+        train_classes = {key for key in classes if part[owner[key]] == "train"}
+    else:
+        train_classes = set(classes[:(len(classes) + 1) // 2])
     labels = np.array([f"{a}/{c}" for a, c in keys], dtype=object)
-    split = np.array(["train" if key in train_classes else "test" for key in keys])
-    return same_set_table(paths, labels, split, name="omniglot")
+    item_split = np.array(["train" if key in train_classes else "test" for key in keys])
+    return same_set_table(paths, labels, item_split, name="omniglot")
+
+
+def _official_part(tree: Path) -> str:
+    for prefix, part in OFFICIAL_PARTS.items():
+        if tree.name.startswith(prefix):
+            return part
+    raise ValueError(f"split='official' needs trees named images_background* or "
+                     f"images_evaluation*, got {tree}")
 
 
 def _trees_in(folder: Path, *, source: Path) -> list[Path]:
