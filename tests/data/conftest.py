@@ -2,13 +2,17 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import numpy as np
 import pytest
 from PIL import Image
 
-SHARED_OMNIGLOT_ZIP = Path("/work/shared/data/omniglot/images_background_small2.zip")
+# the project's shared data folder sits next to the checkout (configs/omniglot.yaml uses it too)
+SHARED_OMNIGLOT_ZIP = Path(os.environ.get(
+    "FAIRDML_OMNIGLOT_ZIP",
+    Path(__file__).resolve().parents[3] / "shared/data/omniglot/images_background_small2.zip"))
 
 
 def write_png(path: Path, value: int = 128, size: tuple[int, int] = (12, 10),
