@@ -60,7 +60,7 @@ def contrastive_against_references(loss: torch.nn.Module, embeddings: torch.Tens
     ``ref_self_mask`` (a sample and its own copy) are neither positive nor negative.
     """
     queries = as_float32(embeddings)
-    distances = normalized_euclidean_matrix(queries, as_float32(ref_embeddings))
+    distances = normalized_euclidean_matrix(queries, ref_embeddings.to(queries.dtype))
     same = labels[:, None] == ref_labels[None, :]
     valid = torch.ones_like(same) if ref_self_mask is None else ~ref_self_mask
     return (mean_of_nonzero(torch.relu(distances - loss.pos_margin), same & valid)
@@ -188,6 +188,7 @@ class CrossBatchMemory(torch.nn.Module):
                  references: torch.Tensor, reference_labels: torch.Tensor,
                  self_mask: torch.Tensor | None = None) -> torch.Tensor:
         """The wrapped loss of the queries against the references."""
+        references = references.to(embeddings.dtype)
         if self._adapter is not None:
             return self._adapter(self.loss, embeddings, labels, references, reference_labels,
                                  self_mask)

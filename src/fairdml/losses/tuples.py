@@ -76,7 +76,7 @@ def _queries_and_references(
             f"ref_embeddings have dimension {ref_embeddings.shape[1]}, "
             f"embeddings have {embeddings.shape[1]}; they must match"
         )
-    references = l2_normalize(as_float32(ref_embeddings))
+    references = l2_normalize(as_float32(ref_embeddings).to(queries.dtype))
     same = labels[:, None] == ref_labels[None, :]
     if ref_self_mask is None:
         valid = torch.ones_like(same)
