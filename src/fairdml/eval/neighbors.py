@@ -27,10 +27,10 @@ example the first one of each row, use ``topk``).
 Memory: ``memory_budget`` bytes (default 1 GiB) bound the extra memory beyond the
 normalised copy of the embeddings and the returned ``(n, k)`` arrays: the score block
 ``B x B`` (4 bytes each, plus a 1-byte mask), the candidates, and, on the symmetric path
-only, the running top-k of all ``N`` rows (``N * k * 8`` bytes with int32 indices; the
-plain path holds it for one block of rows). Numbers do not depend on the block size
-except through float summation order inside the matrix product, which can move a score
-by an ulp.
+only, the running top-k of all ``N`` rows (``N * 2k * 8`` bytes with int32 indices, a
+top-k and a candidate buffer; the plain path holds it for one block of rows). Numbers do
+not depend on the block size except through float summation order inside the matrix
+product, which can move a score by an ulp.
 """
 
 from __future__ import annotations
@@ -63,11 +63,23 @@ def lexsort_rows(values: torch.Tensor, indices: torch.Tensor, k: int) -> tuple[t
     return values.gather(1, order), indices.gather(1, order)
 
 
+def sort_rows(values: torch.Tensor, indices: torch.Tensor) -> tuple[torch.Tensor, ...]:
+    """Rows ordered by value descending, equal values by index ascending."""
+    order = torch.sort(values, dim=1, descending=True).indices
+    values, indices = values.gather(1, order), indices.gather(1, order)
+    if values.shape[1] > 1:
+        tied = (values[:, 1:] == values[:, :-1]).any(dim=1)
+        if bool(tied.any()):
+            rows = torch.nonzero(tied).flatten()
+            values[rows], indices[rows] = lexsort_rows(values[rows], indices[rows], values.shape[1])
+    return values, indices
+
+
 def select_topk(values: torch.Tensor, indices: torch.Tensor, k: int) -> tuple[torch.Tensor, ...]:
     """Exact top-``k`` of each row under (value desc, index asc), in no particular order.
 
-    ``indices`` may be an expanded (broadcast) tensor. Rows with fewer than ``k``
-    candidates are not allowed: callers pad with ``-inf``.
+    ``indices`` may be an expanded (broadcast) tensor. Rows need at least ``k`` candidates
+    (callers pad with ``-inf``).
     """
     n, m = values.shape
     if m < k:
@@ -78,10 +90,11 @@ def select_topk(values: torch.Tensor, indices: torch.Tensor, k: int) -> tuple[to
     top_indices = indices.gather(1, positions)
     lowest, lowest_at = top_values.min(dim=1)
     tied = (top_values == lowest[:, None]).sum(dim=1) > 1
-    keep = torch.ones_like(top_values, dtype=torch.bool)
-    keep[torch.arange(n, device=values.device), lowest_at] = False
-    out_values = top_values[keep].view(n, k)
-    out_indices = top_indices[keep].view(n, k)
+    # Drop the (k+1)-th: overwrite it with the last column, then cut the last column off.
+    rows = torch.arange(n, device=values.device)
+    top_values[rows, lowest_at] = top_values[:, k].clone()
+    top_indices[rows, lowest_at] = top_indices[:, k].clone()
+    out_values, out_indices = top_values[:, :k], top_indices[:, :k]
     if bool(tied.any()):
         rows = torch.nonzero(tied).flatten()
         exact_values, exact_indices = lexsort_rows(
@@ -93,28 +106,58 @@ def select_topk(values: torch.Tensor, indices: torch.Tensor, k: int) -> tuple[to
 
 
 class RunningTopK:
-    """The best ``k`` (score, gallery index) pairs seen so far for ``n`` query rows."""
+    """The best ``k`` (score, gallery index) pairs seen so far for ``n`` query rows.
+
+    Each row holds its top-k in columns ``[0, k)`` and a buffer of up to ``k`` pending
+    candidates in columns ``[k, 2k)``; the buffer is merged (exact selection over 2k) only
+    when it would overflow, so a merge happens a few times per row instead of once per
+    block. The pre-filter threshold is the k-th score at the last merge: a lower bound of
+    the current one, so no candidate that could enter is ever filtered out.
+    """
 
     def __init__(
         self, n: int, k: int, n_gallery: int, dtype: torch.dtype, device: torch.device
     ) -> None:
         self.k = k
-        self.values = torch.full((n, k), float("-inf"), dtype=dtype, device=device)
-        # Placeholders sort after every real index; they are all replaced because every
-        # row has at least k real candidates.
         self.index_dtype = torch.int32 if n_gallery < 2**31 - 1 else torch.int64
+        self.placeholder = torch.iinfo(self.index_dtype).max
+        # Placeholders (-inf, max index) sort after every real candidate; all are replaced
+        # because every row has at least k real candidates.
+        self.values = torch.full((n, 2 * k), float("-inf"), dtype=dtype, device=device)
         self.indices = torch.full(
-            (n, k), torch.iinfo(self.index_dtype).max, dtype=self.index_dtype, device=device
+            (n, 2 * k), self.placeholder, dtype=self.index_dtype, device=device
         )
+        self.fill = torch.zeros(n, dtype=torch.int64, device=device)
         self.threshold = torch.full((n,), float("-inf"), dtype=dtype, device=device)
 
-    def _merge(self, rows: slice, values: torch.Tensor, indices: torch.Tensor) -> None:
-        merged_values = torch.cat([self.values[rows], values], dim=1)
-        merged_indices = torch.cat([self.indices[rows].long(), indices], dim=1)
-        new_values, new_indices = select_topk(merged_values, merged_indices, self.k)
-        self.values[rows] = new_values
-        self.indices[rows] = new_indices.to(self.index_dtype)
+    def _merge(self, rows: torch.Tensor) -> None:
+        """Exact selection over state + buffer of ``rows`` (absolute row numbers)."""
+        k = self.k
+        new_values, new_indices = select_topk(
+            self.values[rows], self.indices[rows].long(), k
+        )
+        self.values[rows, :k] = new_values
+        self.indices[rows, :k] = new_indices.to(self.index_dtype)
+        self.values[rows, k:] = float("-inf")
+        self.indices[rows, k:] = self.placeholder
+        self.fill[rows] = 0
         self.threshold[rows] = new_values.min(dim=1).values
+
+    def _append(self, rows: slice, row_ids: torch.Tensor, values: torch.Tensor,
+                indices: torch.Tensor, counts: torch.Tensor) -> None:
+        """Append candidates grouped by (local) row id; ``counts[i]`` of them for row i."""
+        k = self.k
+        base = torch.arange(rows.start, rows.stop, device=self.fill.device)
+        overflow = self.fill[rows] + counts > k
+        if bool(overflow.any()):
+            self._merge(base[overflow])
+        starts = torch.cumsum(counts, 0) - counts
+        slot = torch.arange(row_ids.shape[0], device=row_ids.device) - starts[row_ids]
+        absolute = base[row_ids]
+        column = k + self.fill[absolute] + slot
+        self.values[absolute, column] = values
+        self.indices[absolute, column] = indices.to(self.index_dtype)
+        self.fill[rows] += counts
 
     def add_dense(self, rows: slice, scores: torch.Tensor, first_column: int) -> None:
         """Offer every entry of ``scores`` (rows x columns, any strides)."""
@@ -122,10 +165,14 @@ class RunningTopK:
         columns = torch.arange(first_column, first_column + m, device=scores.device)
         columns = columns.expand(n, m)
         if m > self.k:
-            block_values, block_indices = select_topk(scores, columns, self.k)
+            best_values, best_indices = select_topk(scores, columns, self.k)
         else:
-            block_values, block_indices = scores, columns
-        self._merge(rows, block_values, block_indices)
+            best_values, best_indices = scores, columns
+        width = best_values.shape[1]
+        row_ids = torch.arange(n, device=scores.device).repeat_interleave(width)
+        counts = torch.full((n,), width, dtype=torch.int64, device=scores.device)
+        self._append(rows, row_ids, best_values.reshape(-1), best_indices.reshape(-1), counts)
+        self._merge(torch.arange(rows.start, rows.stop, device=scores.device))
 
     def add(self, rows: slice, scores: torch.Tensor, first_column: int, mask: torch.Tensor) -> None:
         """Offer the entries of ``scores`` that can enter the top-k (a pre-filter)."""
@@ -149,28 +196,28 @@ class RunningTopK:
         else:
             row_ids, column_ids = torch.nonzero(mask).unbind(1)
         counts = torch.bincount(row_ids, minlength=n)
-        width = int(counts.max())
-        starts = torch.cumsum(counts, 0) - counts
-        slot = torch.arange(count, device=scores.device) - starts[row_ids]
-        values = torch.full((n, width), float("-inf"), dtype=scores.dtype, device=scores.device)
-        indices = torch.full(
-            (n, width), torch.iinfo(torch.int64).max, dtype=torch.int64, device=scores.device
+        if int(counts.max()) > self.k:
+            self.add_dense(rows, scores, first_column)
+            return
+        self._append(
+            rows, row_ids, scores[row_ids, column_ids], column_ids + first_column, counts
         )
-        values[row_ids, slot] = scores[row_ids, column_ids]
-        indices[row_ids, slot] = column_ids + first_column
-        self._merge(rows, values, indices)
 
     def finish(self, rows: slice) -> tuple[torch.Tensor, torch.Tensor]:
         """The rows' neighbours sorted best first (value desc, index asc)."""
-        return lexsort_rows(self.values[rows], self.indices[rows].long(), self.k)
+        absolute = torch.arange(rows.start, rows.stop, device=self.fill.device)
+        pending = absolute[self.fill[rows] > 0]
+        if pending.numel():
+            self._merge(pending)
+        return sort_rows(self.values[rows, : self.k], self.indices[rows, : self.k].long())
 
 
 def _block_bytes(block: int, k: int, itemsize: int) -> int:
     # score buffer + mask, nonzero output at the sparse limit, and the merge temporaries
-    # (about four (block, 2k) arrays of value + int64 index).
+    # (about three (block, 2k) arrays of value + int64 index).
     scores = block * block * (itemsize + 1)
     candidates = 16 * int(_SPARSE_MAX_FRACTION * block * block)
-    merges = 4 * block * 2 * (k + 1) * (itemsize + 8)
+    merges = 3 * block * 2 * k * (itemsize + 8)
     return scores + candidates + merges
 
 
@@ -256,7 +303,7 @@ def iter_neighbors(
     if memory_budget <= 0:
         raise ValueError(f"memory_budget must be a positive number of bytes, got {memory_budget}")
     itemsize = rows.element_size()
-    state_bytes = n_rows * k * (itemsize + 4)
+    state_bytes = 2 * n_rows * k * (itemsize + 4)
     if same_set and symmetric is None:
         symmetric = state_bytes <= 0.6 * memory_budget
     if block_size is None:
