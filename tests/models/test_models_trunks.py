@@ -42,15 +42,6 @@ def test_registry_lists_every_trunk() -> None:
     assert set(trunk_names()) == set(CNN_TRUNKS) | set(VIT_TRUNKS) | set(TIMM_ALIASES)
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """One intra-op thread: these tests are tiny and the CI machine is shared."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 @pytest.fixture
 def no_network(monkeypatch: pytest.MonkeyPatch, tmp_path) -> None:
     """Offline, with empty torch.hub and Hugging Face caches."""
