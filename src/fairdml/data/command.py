@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import inspect
+import sys
 from pathlib import Path
 
 from fairdml.data.download import DownloadError
@@ -65,19 +66,35 @@ def _list(console) -> int:
     from fairdml.data.check import official_info
 
     table = Table(title="fairdml data sets")
-    for column in ("name", "description", "root needed"):
+    for column in ("name", "description", "root needed", "download"):
         table.add_column(column)
     for name in SOURCES.names():
         try:
             source = SOURCES.get(name)
         except ImportError as error:  # an optional dependency missing: say so, list the rest
-            table.add_row(name, f"unavailable: {error}", "?")
+            table.add_row(name, f"unavailable: {error}", "?", "?")
             continue
         info = official_info(name)
-        description = info.description if info is not None else _first_line(source.__doc__)
-        table.add_row(name, description, "yes" if _needs_root(source) else "no")
+        module_doc = getattr(sys.modules.get(source.__module__), "__doc__", None)
+        description = (info.description if info is not None
+                       else _first_line(module_doc) or _first_line(source.__doc__))
+        table.add_row(name, description, "yes" if _needs_root(source) else "no",
+                      _download_note(info))
     console.print(table)
     return 0
+
+
+def _download_note(info) -> str:
+    """How ``--download`` verifies the files of a standard data set."""
+    if info is None:
+        return "see the source"
+    if not info.remote_files:
+        return "by hand"
+    checks = set()
+    for remote in info.remote_files:
+        checks |= {name for name, value in (("size", remote.size), ("SHA-256", remote.sha256),
+                                            ("MD5", remote.md5)) if value is not None}
+    return "verified: " + ", ".join(sorted(checks))
 
 
 def _first_line(text: str | None) -> str:
