@@ -35,13 +35,18 @@ class _Handler(http.server.BaseHTTPRequestHandler):
 
     def do_GET(self):  # noqa: N802 - http.server API
         cut = self.path.startswith("/cut/")
-        data = self.files.get(self.path.removeprefix("/cut"))
+        data = self.files.get(self.path.removeprefix("/cut").removeprefix("/norange"))
         if data is None:
             self.send_error(404)
             return
         header = self.headers.get("Range")
         self.ranges.append(header)
+        if self.path.startswith("/norange/"):
+            header = None  # a server that ignores range requests
         start = int(header.removeprefix("bytes=").rstrip("-")) if header else 0
+        if start >= len(data) and header:
+            self.send_error(416)
+            return
         body = data[start:]
         self.send_response(206 if header else 200)
         self.send_header("Content-Length", str(len(body)))
@@ -87,6 +92,20 @@ def test_interrupted_download_is_resumed_with_a_range_request(server, tmp_path):
     download_file(f"{server}/payload.bin", dest, sha256=SHA, size=len(PAYLOAD), progress=False)
     assert _Handler.ranges[-1] == f"bytes={kept}-"
     assert dest.read_bytes() == PAYLOAD
+
+
+def test_server_without_range_support_restarts_from_zero(server, tmp_path):
+    (tmp_path / "p.bin.part").write_bytes(PAYLOAD[:1000])
+    download_file(f"{server}/norange/payload.bin", tmp_path / "p.bin", sha256=SHA,
+                  progress=False)
+    assert (tmp_path / "p.bin").read_bytes() == PAYLOAD
+
+
+def test_complete_partial_file_of_unknown_size_is_accepted(server, tmp_path):
+    (tmp_path / "p.bin.part").write_bytes(PAYLOAD)
+    download_file(f"{server}/payload.bin", tmp_path / "p.bin", sha256=SHA, progress=False)
+    assert _Handler.ranges[-1] == f"bytes={len(PAYLOAD)}-"
+    assert (tmp_path / "p.bin").read_bytes() == PAYLOAD
 
 
 def test_checksum_mismatch_keeps_nothing(server, tmp_path):

@@ -99,7 +99,13 @@ def _fetch(url: str, partial: Path, *, size: int | None, progress: bool) -> None
     request = urllib.request.Request(url, headers={"User-Agent": USER_AGENT})
     if offset:
         request.add_header("Range", f"bytes={offset}-")
-    with urllib.request.urlopen(request, timeout=TIMEOUT_S) as response:
+    try:
+        response = urllib.request.urlopen(request, timeout=TIMEOUT_S)
+    except urllib.error.HTTPError as error:
+        if error.code == 416 and offset:  # nothing left to send: the partial file is whole
+            return
+        raise
+    with response:
         status = getattr(response, "status", None)
         resumed = offset > 0 and status == 206
         if offset and not resumed:
@@ -149,8 +155,8 @@ def verify_file(path: Path, *, sha256: str | None = None, size: int | None = Non
         raise ChecksumError(f"{path.name} has {actual_size:,} bytes, expected {size:,}")
     if sha256 is None and md5 is None:
         return
-    digests = {name: hashlib.new(name) for name, want in (("sha256", sha256), ("md5", md5))
-               if want is not None}
+    digests = {name: hashlib.new(name, usedforsecurity=False)
+               for name, want in (("sha256", sha256), ("md5", md5)) if want is not None}
     with path.open("rb") as stream:
         while chunk := stream.read(CHUNK_BYTES):
             for digest in digests.values():
