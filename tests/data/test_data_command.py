@@ -129,3 +129,17 @@ def test_mlrc_presets_follow_the_reality_check_protocol(name):
     assert config.loss.name in losses.names()
     assert (config.optim.name, config.optim.lr) == ("rmsprop", 1e-6)
     assert config.eval.val_metric == "map@r"
+
+
+def test_resized_cache_in_parallel_on_cub(tmp_path):
+    from fairdml.data.resized import write_resized
+
+    build_cub(tmp_path)
+    table = load("cub200", tmp_path)
+    write_resized(table, 6, workers=2, progress=False)
+    cached = load("cub200", tmp_path, resized=6)
+    assert len(cached) == len(table) and (cached.labels == table.labels).all()
+    for index in (0, len(cached) - 1):
+        with Image.open(cached.path(index)) as image:
+            assert image.size == (8, 6)  # 12x9 -> shorter side 6, longer int(6 * 12 / 9)
+    assert (load("cub200", tmp_path).items == table.items).all()  # "auto" means 256 only

@@ -12,6 +12,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import importlib
+import multiprocessing
 import os
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ProcessPoolExecutor
@@ -22,6 +23,8 @@ from fairdml.data import SOURCES
 from fairdml.data.table import SampleTable
 
 PARALLEL_CHUNK = 32
+# imported once by the fork server, so that each worker starts without importing them
+WORKER_MODULES = ("fairdml.data.check", "fairdml.data.resized", "PIL.Image", "PIL.JpegImagePlugin")
 
 
 @dataclasses.dataclass
@@ -117,7 +120,12 @@ def run_parallel(function: Callable[[Any], Any], jobs: Sequence[Any], *,
                 results.append(function(job))
                 advance(1)
             return results
-        with ProcessPoolExecutor(max_workers=workers) as pool:
+        # not fork: the progress bar runs a thread, and forking a threaded process can hang
+        methods = multiprocessing.get_all_start_methods()
+        context = multiprocessing.get_context("forkserver" if "forkserver" in methods else None)
+        if context.get_start_method() == "forkserver":
+            context.set_forkserver_preload(list(WORKER_MODULES))
+        with ProcessPoolExecutor(max_workers=workers, mp_context=context) as pool:
             results = []
             for result in pool.map(function, jobs, chunksize=PARALLEL_CHUNK):
                 results.append(result)
