@@ -17,6 +17,7 @@ deterministic but not neutral: with tied scores it decides which item counts as 
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 
@@ -36,14 +37,21 @@ def relevant_counts(
     return counts - 1 if same_set else counts
 
 
+def exact_mean(values: list[torch.Tensor]) -> float:
+    """Mean of per-query values with a correctly rounded sum (``math.fsum``), so that the
+    result does not depend on chunking or on the order of the queries."""
+    flat = torch.cat(values).double().cpu().tolist() if values else []
+    return math.fsum(flat) / len(flat) if flat else float("nan")
+
+
 @dataclass
 class RetrievalSums:
-    """Running sums of per-query metric values over the queries with R > 0."""
+    """Per-query metric values of the queries with R > 0, collected block by block."""
 
     recall_ks: Sequence[int]
-    recall: dict[int, float] = field(default_factory=dict)
-    r_precision: float = 0.0
-    map_at_r: float = 0.0
+    recall: dict[int, int] = field(default_factory=dict)
+    r_precision: list[torch.Tensor] = field(default_factory=list)
+    map_at_r: list[torch.Tensor] = field(default_factory=list)
     num_queries: int = 0
     num_skipped: int = 0
 
@@ -60,7 +68,7 @@ class RetrievalSums:
         r = counts[valid]
         for k in self.recall_ks:
             hit = rel[:, : min(k, rel.shape[1])].any(dim=1)
-            self.recall[k] = self.recall.get(k, 0.0) + float(hit.double().sum())
+            self.recall[k] = self.recall.get(k, 0) + int(hit.sum())
         if need_r_metrics:
             depth = rel.shape[1]
             if int(r.max()) > depth:
@@ -69,18 +77,18 @@ class RetrievalSums:
             within_r = positions[None, :] <= r[:, None]
             hits = (rel & within_r).double()
             r_double = r.double()
-            self.r_precision += float((hits.sum(dim=1) / r_double).sum())
+            self.r_precision.append(hits.sum(dim=1) / r_double)
             precision = torch.cumsum(hits, dim=1) / positions[None, :].double()
-            self.map_at_r += float(((precision * hits).sum(dim=1) / r_double).sum())
+            self.map_at_r.append((precision * hits).sum(dim=1) / r_double)
 
     def result(self, need_r_metrics: bool) -> dict[str, float]:
         n = self.num_queries
         out: dict[str, float] = {}
         for k in self.recall_ks:
-            out[f"recall@{k}"] = self.recall.get(k, 0.0) / n if n else float("nan")
+            out[f"recall@{k}"] = self.recall.get(k, 0) / n if n else float("nan")
         if need_r_metrics:
-            out["r_precision"] = self.r_precision / n if n else float("nan")
-            out["map@r"] = self.map_at_r / n if n else float("nan")
+            out["r_precision"] = exact_mean(self.r_precision)
+            out["map@r"] = exact_mean(self.map_at_r)
         return out
 
 
@@ -168,7 +176,7 @@ def full_average_precision(
     block = choose_block(max(n_rows, n_cols), 8, rows_emb.element_size() + 16, memory_budget // 4)
     scorer = _ScoreBlocks(rows_emb, gallery, distance, block)
     row_parts, col_parts = _bounds(n_rows, block), _bounds(n_cols, block)
-    total, done, ap_sum = 2 * len(row_parts) * len(col_parts), 0, 0.0
+    total, done, ap_values = 2 * len(row_parts) * len(col_parts), 0, []
     for r in row_parts:
         n = r.stop - r.start
         counts_r = counts[r].clamp_min(0)
@@ -197,9 +205,8 @@ def full_average_precision(
         m = (counts_r[:, None] - positions[None, :]).double()  # 1-based rank among relevant
         real = positions[None, :] < counts_r[:, None]
         ap = torch.where(real, m / (m + preceding.double()), torch.zeros_like(m)).sum(dim=1)
-        ap_sum += float((ap[valid] / counts_r[valid].double()).sum())
-    num = int((counts > 0).sum())
-    return ap_sum / num if num else float("nan")
+        ap_values.append(ap[valid] / counts_r[valid].double())
+    return exact_mean(ap_values)
 
 
 def _drop_self_scores(scores: torch.Tensor, r: slice, c: slice) -> None:

@@ -1,0 +1,99 @@
+"""Exact top-k search: brute-force equality, tie-breaking, symmetric == plain, budgets."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from fairdml.eval.neighbors import exact_knn, lexsort_rows, select_topk
+
+
+def _unit(x: torch.Tensor) -> torch.Tensor:
+    return x / x.norm(dim=1, keepdim=True)
+
+
+def _reference(queries, gallery, k, same_set, distance):
+    if distance == "cosine":
+        s = (queries @ gallery.T).double().numpy()
+    else:
+        s = -torch.cdist(queries.double(), gallery.double()).pow(2).numpy()
+    out = []
+    for i, row in enumerate(s):
+        order = np.lexsort((np.arange(len(row)), -row))
+        if same_set:
+            order = order[order != i]
+        out.append(order[:k])
+    return np.stack(out)
+
+
+@pytest.mark.parametrize("distance", ["cosine", "euclidean"])
+@pytest.mark.parametrize("block", [7, 32, 500])
+def test_same_set_matches_brute_force(distance, block):
+    g = torch.Generator().manual_seed(1)
+    x = torch.randn(150, 8, generator=g)
+    if distance == "cosine":
+        x = _unit(x)
+    _, idx = exact_knn(x, 20, distance=distance, block_size=block)
+    assert np.array_equal(idx.numpy(), _reference(x, x, 20, True, distance))
+
+
+@pytest.mark.parametrize("distance", ["cosine", "euclidean"])
+def test_query_gallery_matches_brute_force(distance):
+    g = torch.Generator().manual_seed(2)
+    q, x = torch.randn(70, 6, generator=g), torch.randn(130, 6, generator=g)
+    if distance == "cosine":
+        q, x = _unit(q), _unit(x)
+    scores, idx = exact_knn(x, 25, queries=q, distance=distance, block_size=16)
+    assert np.array_equal(idx.numpy(), _reference(q, x, 25, False, distance))
+    assert bool((scores[:, :-1] >= scores[:, 1:]).all())
+
+
+def test_ties_go_to_the_lower_index_and_self_is_never_returned():
+    x = torch.tensor([[1.0, 0.0]] * 4 + [[0.0, 1.0]] * 3)
+    for symmetric in (True, False):
+        _, idx = exact_knn(x, 6, symmetric=symmetric, block_size=3)
+        assert idx[0].tolist() == [1, 2, 3, 4, 5, 6]
+        assert idx[2].tolist() == [0, 1, 3, 4, 5, 6]
+        assert idx[5].tolist() == [4, 6, 0, 1, 2, 3]
+
+
+@pytest.mark.parametrize("distance", ["cosine", "euclidean"])
+def test_symmetric_path_equals_plain_path_exactly(distance):
+    g = torch.Generator().manual_seed(3)
+    base = torch.randint(-2, 3, (60, 5), generator=g).float()
+    x = torch.cat([base, base[:20], torch.randn(40, 5, generator=g)])  # exact ties too
+    x = x[(x != 0).any(dim=1)]
+    if distance == "cosine":
+        x = _unit(x)
+    for block in (9, 64):
+        s_sym, i_sym = exact_knn(x, 30, distance=distance, symmetric=True, block_size=block)
+        s_pln, i_pln = exact_knn(x, 30, distance=distance, symmetric=False, block_size=block)
+        assert torch.equal(i_sym, i_pln)
+        assert torch.equal(s_sym, s_pln)
+
+
+def test_small_memory_budget_gives_same_neighbours():
+    g = torch.Generator().manual_seed(4)
+    x = _unit(torch.randn(300, 16, generator=g))
+    _, big = exact_knn(x, 40)
+    _, small = exact_knn(x, 40, memory_budget=200_000)
+    assert torch.equal(big, small)
+
+
+def test_k_out_of_range_is_refused():
+    x = torch.randn(5, 3)
+    with pytest.raises(ValueError, match="between 1 and 4"):
+        exact_knn(x, 5)
+    with pytest.raises(ValueError, match="between 1 and 5"):
+        exact_knn(x, 6, queries=x)
+
+
+def test_select_topk_is_exact_under_heavy_ties():
+    g = torch.Generator().manual_seed(5)
+    values = torch.randint(0, 3, (50, 40), generator=g).float()
+    indices = torch.stack([torch.randperm(40, generator=g) for _ in range(50)])
+    got_v, got_i = select_topk(values, indices, 7)
+    want_v, want_i = lexsort_rows(values, indices, 7)
+    assert torch.equal(torch.sort(got_i, dim=1).values, torch.sort(want_i, dim=1).values)
+    assert torch.equal(torch.sort(got_v, dim=1).values, torch.sort(want_v, dim=1).values)
