@@ -68,9 +68,8 @@ def check_tree(name: str, root: str | Path, *, workers: int | None = None,
     """Load data set ``name`` from ``root`` and verify counts and images (module docstring)."""
     from fairdml.data import load
 
-    options = {"resized": None} if official_info(name) is not None else {}
-    table = load(name, root, **options)
     info = official_info(name)
+    table = load(name, root, **({"resized": None} if info is not None else {}))
     expected = info.expected if info is not None else None
     differences = compare_counts(table.summary(), expected) if (expected and check_counts) \
         else []
