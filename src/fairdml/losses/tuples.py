@@ -29,7 +29,6 @@ from fairdml.losses._common import (
     as_float32,
     check_embeddings_and_labels,
     l2_normalize,
-    masked_logsumexp,
     masked_mean,
 )
 
@@ -53,12 +52,12 @@ def _queries_and_references(
     ref_embeddings: torch.Tensor | None,
     ref_labels: torch.Tensor | None,
     ref_self_mask: torch.Tensor | None,
-) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor, torch.Tensor, torch.Tensor]:
-    """L2-normalised float32 queries and references, with the pair masks.
+) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor, torch.Tensor | None]:
+    """L2-normalised float32 queries and references, the same-label mask and the self mask.
 
-    Returns ``(queries, references, positive, negative, valid)`` where ``references`` is
-    None when the batch is its own reference set; ``positive[i, j]``: same label and not the
-    same sample; ``negative[i, j]``: different label; ``valid = positive | negative``.
+    Returns ``(queries, references, same, self_mask)``: ``references`` is None when the
+    batch is its own reference set (then ``self_mask`` is the diagonal); ``same[i, j]``:
+    query i and reference j share a label; ``self_mask[i, j]`` (or None): the same sample.
     """
     check_embeddings_and_labels(embeddings, labels)
     queries = l2_normalize(as_float32(embeddings))
@@ -66,8 +65,8 @@ def _queries_and_references(
         if ref_labels is not None or ref_self_mask is not None:
             raise ValueError("ref_labels / ref_self_mask given without ref_embeddings")
         same = labels[:, None] == labels[None, :]
-        not_self = ~torch.eye(len(labels), dtype=torch.bool, device=labels.device)
-        return queries, None, same & not_self, ~same, not_self
+        eye = torch.eye(len(labels), dtype=torch.bool, device=labels.device)
+        return queries, None, same, eye
     if ref_labels is None:
         raise ValueError("ref_embeddings given without ref_labels (one label per reference)")
     check_embeddings_and_labels(ref_embeddings, ref_labels)
@@ -78,16 +77,33 @@ def _queries_and_references(
         )
     references = l2_normalize(as_float32(ref_embeddings).to(queries.dtype))
     same = labels[:, None] == ref_labels[None, :]
-    if ref_self_mask is None:
-        valid = torch.ones_like(same)
-    else:
-        if ref_self_mask.shape != same.shape or ref_self_mask.dtype != torch.bool:
-            raise ValueError(
-                f"ref_self_mask must be a bool tensor of shape {tuple(same.shape)} "
-                f"(queries x references), got {ref_self_mask.dtype} {tuple(ref_self_mask.shape)}"
-            )
-        valid = ~ref_self_mask
-    return queries, references, same & valid, ~same & valid, valid
+    if ref_self_mask is not None and (ref_self_mask.shape != same.shape
+                                      or ref_self_mask.dtype != torch.bool):
+        raise ValueError(
+            f"ref_self_mask must be a bool tensor of shape {tuple(same.shape)} "
+            f"(queries x references), got {ref_self_mask.dtype} {tuple(ref_self_mask.shape)}"
+        )
+    return queries, references, same, ref_self_mask
+
+
+def _positive_pairs(same: torch.Tensor,
+                    self_mask: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
+    """Indices (query, reference) of the positive pairs: same label, not the same sample."""
+    positive = same if self_mask is None else same & ~self_mask
+    return torch.nonzero(positive, as_tuple=True)
+
+
+def _logsumexp_excluding(values: torch.Tensor, excluded: torch.Tensor,
+                         bound: float) -> torch.Tensor:
+    """Row ``logsumexp`` over the entries not ``excluded``, for ``|values| <= bound``.
+
+    Excluded entries are set to ``-bound - 200``, whose ``exp`` relative to any kept entry
+    is below ``e^-200`` (exactly 0 in float32), so the result is the logsumexp of the kept
+    entries; a row with no kept entry gives about ``-bound - 200`` (finite, no NaN), which
+    callers turn into a 0 contribution through a soft-plus or leave out of their mean.
+    One fill and one fused logsumexp: no max / where / exp / log passes of our own.
+    """
+    return torch.logsumexp(values.masked_fill(excluded, -bound - 200.0), dim=1)
 
 
 def first_positive_pairs(labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -177,24 +193,28 @@ class AngularLoss(torch.nn.Module):
                 ref_embeddings: torch.Tensor | None = None,
                 ref_labels: torch.Tensor | None = None,
                 ref_self_mask: torch.Tensor | None = None) -> torch.Tensor:
-        queries, references, positive, negative, _ = _queries_and_references(
+        queries, references, same, self_mask = _queries_and_references(
             embeddings, labels, ref_embeddings, ref_labels, ref_self_mask)
-        anchor_idx, positive_idx = torch.nonzero(positive, as_tuple=True)
+        anchor_idx, positive_idx = _positive_pairs(same, self_mask)
         if anchor_idx.numel() == 0:
             return _zero_like_graph(queries, references)
+        scale = 4.0 * self._tan_sq
         if references is None:
             similarity = queries @ queries.T
-            centre_dot_refs = similarity[anchor_idx] + similarity[positive_idx]
+            scaled = similarity * scale
+            centre_logits = scaled[anchor_idx] + scaled[positive_idx]
             anchor_dot_positive = similarity[anchor_idx, positive_idx]
+            not_negative = same[anchor_idx]
         else:
-            positives = references[positive_idx]
-            anchors = queries[anchor_idx]
-            centre_dot_refs = (anchors + positives) @ references.T
+            anchors, positives = queries[anchor_idx], references[positive_idx]
+            centre_logits = ((anchors + positives) * scale) @ references.T
             anchor_dot_positive = (anchors * positives).sum(dim=1)
-        logits = (4.0 * self._tan_sq * centre_dot_refs
-                  - 2.0 * (1.0 + self._tan_sq) * anchor_dot_positive[:, None])
-        per_pair = masked_logsumexp(logits, negative[anchor_idx], include_zero=True)
-        return per_pair.mean()
+            not_negative = same if self_mask is None else same | self_mask
+            not_negative = not_negative[anchor_idx]
+        # log(1 + sum_n exp(f_apn)) = softplus(logsumexp_n(4 t^2 (x_a + x_p).x_n) - c x_a.x_p)
+        negatives_lse = _logsumexp_excluding(centre_logits, not_negative, 2.0 * scale)
+        return F.softplus(negatives_lse - 2.0 * (1.0 + self._tan_sq) * anchor_dot_positive
+                          ).mean()
 
 
 @register("ntxent")
@@ -226,14 +246,17 @@ class NTXentLoss(torch.nn.Module):
                 ref_embeddings: torch.Tensor | None = None,
                 ref_labels: torch.Tensor | None = None,
                 ref_self_mask: torch.Tensor | None = None) -> torch.Tensor:
-        queries, references, positive, negative, _ = _queries_and_references(
+        queries, references, same, self_mask = _queries_and_references(
             embeddings, labels, ref_embeddings, ref_labels, ref_self_mask)
-        logits = queries @ (queries if references is None else references).T
-        logits = logits / self.temperature
-        negatives_lse = masked_logsumexp(logits, negative)
-        per_pair = F.softplus(negatives_lse[:, None] - logits)
-        per_pair = torch.where(positive, per_pair, torch.zeros_like(per_pair))
-        return masked_mean(per_pair, positive)
+        anchor_idx, positive_idx = _positive_pairs(same, self_mask)
+        if anchor_idx.numel() == 0:
+            return _zero_like_graph(queries, references)
+        scale = 1.0 / self.temperature
+        logits = (queries * scale) @ (queries if references is None else references).T
+        not_negative = same if self_mask is None or references is None else same | self_mask
+        negatives_lse = _logsumexp_excluding(logits, not_negative, scale)
+        per_pair = F.softplus(negatives_lse[anchor_idx] - logits[anchor_idx, positive_idx])
+        return per_pair.mean()
 
 
 @register("supcon")
@@ -260,15 +283,29 @@ class SupConLoss(torch.nn.Module):
                 ref_embeddings: torch.Tensor | None = None,
                 ref_labels: torch.Tensor | None = None,
                 ref_self_mask: torch.Tensor | None = None) -> torch.Tensor:
-        queries, references, positive, _, valid = _queries_and_references(
+        queries, references, same, self_mask = _queries_and_references(
             embeddings, labels, ref_embeddings, ref_labels, ref_self_mask)
-        logits = queries @ (queries if references is None else references).T
-        logits = logits / self.temperature
-        log_prob = logits - masked_logsumexp(logits, valid)[:, None]
-        log_prob = torch.where(positive, log_prob, torch.zeros_like(log_prob))
-        positives_per_anchor = positive.sum(dim=1)
-        per_anchor = -log_prob.sum(dim=1) / positives_per_anchor.clamp_min(1)
-        return masked_mean(per_anchor, positives_per_anchor > 0)
+        scale = 1.0 / self.temperature
+        scaled = queries * scale
+        if references is None:
+            logits = scaled @ queries.T
+            denominator = _logsumexp_excluding(logits, self_mask, scale)
+            # sum_{p in P(i)} s_ip = x_i . (sum of x over i's class - x_i): no B x B mask.
+            _, class_of, class_size = torch.unique(labels, return_inverse=True,
+                                                   return_counts=True)
+            class_sums = torch.zeros(len(class_size), queries.shape[1], dtype=queries.dtype,
+                                     device=queries.device).index_add(0, class_of, queries)
+            positive_count = class_size[class_of] - 1
+            positive_logit_sum = (scaled * (class_sums[class_of] - queries)).sum(dim=1)
+        else:
+            logits = scaled @ references.T
+            positive = same if self_mask is None else same & ~self_mask
+            denominator = (torch.logsumexp(logits, dim=1) if self_mask is None
+                           else _logsumexp_excluding(logits, self_mask, scale))
+            positive_count = positive.sum(dim=1)
+            positive_logit_sum = torch.where(positive, logits, torch.zeros_like(logits)).sum(1)
+        per_anchor = denominator - positive_logit_sum / positive_count.clamp_min(1)
+        return masked_mean(per_anchor, positive_count > 0)
 
 
 __all__ = ["AngularLoss", "NPairsLoss", "NTXentLoss", "SupConLoss", "first_positive_pairs"]
