@@ -54,8 +54,10 @@ def build_recording_warnings(name: str, **options) -> tuple[Trunk, list[str]]:
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         trunk = create_trunk(name, **options)
-    return trunk, [str(w.message) for w in caught
-                   if issubclass(w.category, PretrainedWeightsUnavailable)]
+    relevant = [w for w in caught if issubclass(w.category, PretrainedWeightsUnavailable)]
+    # attributed to the caller of create_trunk, not to fairdml's internals
+    assert all(w.filename == __file__ for w in relevant), [w.filename for w in relevant]
+    return trunk, [str(w.message) for w in relevant]
 
 
 @pytest.mark.parametrize("name", sorted(CNN_TRUNKS))

@@ -19,6 +19,7 @@ from __future__ import annotations
 import functools
 import os
 import socket
+import sys
 import warnings
 from collections.abc import Mapping
 from pathlib import Path
@@ -26,6 +27,8 @@ from typing import Any
 
 import torch
 from torch import nn
+
+from fairdml import registry
 
 OFFLINE_ENV = "FAIRDML_OFFLINE"
 _SHOWN = 5  # how many keys of each kind an error message lists
@@ -46,8 +49,21 @@ def warn_unavailable(trunk: str, reason: str) -> None:
         f"RANDOMLY INITIALISED. Pass weights=PATH to load a local file, or pretrained=False "
         f"to silence this warning.",
         PretrainedWeightsUnavailable,
-        stacklevel=4,
+        stacklevel=_first_external_stacklevel(),
     )
+
+
+def _first_external_stacklevel() -> int:
+    """``stacklevel`` that attributes the warning to the first caller outside fairdml's
+    model-building code (the user's ``create_embedder`` / ``create_trunk`` call)."""
+    internal = (str(Path(__file__).resolve().parent), str(Path(registry.__file__).resolve()))
+    frame = sys._getframe(2)  # the caller of warn_unavailable
+    level = 2
+    while frame is not None and str(Path(frame.f_code.co_filename).resolve()).startswith(
+            internal):
+        frame = frame.f_back
+        level += 1
+    return level
 
 
 def offline() -> bool:
