@@ -59,22 +59,26 @@ def _prepare(embeddings: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
 # --------------------------------------------------------------------------------------
 
 
-def _pair_histograms(values: torch.Tensor, is_negative: torch.Tensor, low: float,
-                     step: float, num_nodes: int) -> tuple[torch.Tensor, torch.Tensor]:
+def _pair_histograms(values: torch.Tensor, is_negative: torch.Tensor, keep: torch.Tensor,
+                     low: float, step: float, num_nodes: int
+                     ) -> tuple[torch.Tensor, torch.Tensor]:
     """Linear-interpolation ("soft") histograms of positive and negative pair values.
 
     Each value ``v`` in ``[low, low + (num_nodes - 1) * step]`` lies between nodes ``k``
     and ``k + 1``; it adds ``1 - f`` to node ``k`` and ``f`` to node ``k + 1`` where
     ``f = (v - t_k) / step`` (Ustinova & Lempitsky 2016, eq. 2). Both histograms are
-    built by one ``index_add`` into a vector of ``2 * num_nodes`` bins (the negatives use
-    the upper half), then normalised to sum 1.
+    built by ``index_add`` into one vector of ``2 * num_nodes`` bins (the negatives use the
+    upper half); values where ``keep`` is False add nothing. Each histogram sums to 1.
     """
+    values, is_negative = values.reshape(-1), is_negative.reshape(-1)
+    keep = keep.reshape(-1).to(values.dtype)
     position = ((values - low) / step).clamp(0.0, num_nodes - 1.0)
     lower = position.detach().floor().clamp(max=num_nodes - 2)
     upper_weight = position - lower
     index = lower.long() + num_nodes * is_negative.long()
     bins = values.new_zeros(2 * num_nodes)
-    bins = bins.index_add(0, index, 1.0 - upper_weight).index_add(0, index + 1, upper_weight)
+    bins = bins.index_add(0, index, (1.0 - upper_weight) * keep)
+    bins = bins.index_add(0, index + 1, upper_weight * keep)
     positive_hist, negative_hist = bins[:num_nodes], bins[num_nodes:]
     return positive_hist / positive_hist.sum(), negative_hist / negative_hist.sum()
 
@@ -109,16 +113,13 @@ class HistogramLoss(torch.nn.Module):
     def forward(self, embeddings: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
         with torch.autocast(embeddings.device.type, enabled=False):
             x = _prepare(embeddings, labels)
-            rows, cols = torch.triu_indices(len(labels), len(labels), 1, device=x.device)
-            if rows.numel() == 0:
-                return _zero_loss(embeddings)
-            similarity = (x[rows] * x[cols]).sum(dim=1)
-            is_negative = labels[rows] != labels[cols]
-            num_negative = int(is_negative.sum())
-            if num_negative in (0, rows.numel()):
+            positive, negative = label_masks(labels)
+            # Each unordered pair once: the upper triangle of the B x B matrix.
+            upper = torch.ones_like(positive).triu(diagonal=1)
+            if not bool((positive & upper).any()) or not bool((negative & upper).any()):
                 return _zero_loss(embeddings)
             positive_hist, negative_hist = _pair_histograms(
-                similarity, is_negative, -1.0, self.delta, self.num_bins + 1)
+                x @ x.T, negative, upper, -1.0, self.delta, self.num_bins + 1)
             return (negative_hist * torch.cumsum(positive_hist, dim=0)).sum()
 
 
