@@ -44,7 +44,8 @@ def assert_parity(ours, theirs, dtype, seed=0):
     embeddings, labels = batch(dtype, seed)
     v1, gx1, gw1 = value_and_grads(ours, ours.proxies, embeddings, labels)
     v2, gx2, gw2 = value_and_grads(theirs, theirs.W, embeddings, labels)
-    atol = 1e-10 if dtype == torch.float64 else 1e-5
+    # scale-64 logits give gradients of order 100: float32 round-off is ~1e-5 absolute
+    atol = 1e-10 if dtype == torch.float64 else 1e-4
     torch.testing.assert_close(v1, v2, rtol=1e-4, atol=atol)
     torch.testing.assert_close(gx1, gx2, rtol=1e-4, atol=atol)
     torch.testing.assert_close(transpose(gw1), gw2, rtol=1e-4, atol=atol)
