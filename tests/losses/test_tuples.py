@@ -267,3 +267,14 @@ def test_shared_checks(name, loss_checks):
     loss_checks.degenerate_batches_safe(create(name))
     loss_checks.safe_under_bfloat16(create(name))
     loss_checks.trains(create(name))
+
+
+@pytest.mark.parametrize("name", TUPLE_LOSSES)
+def test_bfloat16_autocast_gives_the_float32_value(name):
+    raw, labels = batch()
+    embeddings = F.normalize(raw.detach().float(), dim=1)
+    expected = create(name)(embeddings, labels)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        value = create(name)(embeddings, labels)
+    assert value.dtype == torch.float32
+    torch.testing.assert_close(value, expected, rtol=1e-5, atol=1e-6)

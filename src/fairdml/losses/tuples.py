@@ -12,14 +12,18 @@ are the same sample seen twice (its own copy in a memory bank); such a pair is n
 positive nor a negative. Without references the batch is its own reference set and the
 diagonal is the self mask. This is what :mod:`fairdml.losses.memory` (XBM) uses.
 
-All computations run in float32 (``as_float32``), so the losses are safe under bfloat16 /
-float16 autocast, and an anchor without a positive (or a negative) contributes exactly 0
-with zero gradient instead of NaN.
+All computations run in float32 (``as_float32``) with autocast switched off inside the
+loss (:func:`_full_precision`), so under bfloat16 / float16 autocast the value is the
+float32 value, not a bfloat16 approximation of it. An anchor without a positive gives no
+term; a positive pair without negatives contributes 0 (below ``e^-200``, exactly 0 in
+float32) with zero gradient; never NaN.
 """
 
 from __future__ import annotations
 
+import functools
 import math
+from collections.abc import Callable
 
 import torch
 import torch.nn.functional as F
@@ -31,6 +35,17 @@ from fairdml.losses._common import (
     l2_normalize,
     masked_mean,
 )
+
+
+def _full_precision(forward: Callable[..., torch.Tensor]) -> Callable[..., torch.Tensor]:
+    """Run a loss's ``forward`` with autocast disabled (its matmuls stay in float32)."""
+
+    @functools.wraps(forward)
+    def wrapper(self: torch.nn.Module, embeddings: torch.Tensor, *args, **kwargs):
+        with torch.autocast(device_type=embeddings.device.type, enabled=False):
+            return forward(self, embeddings, *args, **kwargs)
+
+    return wrapper
 
 
 def _zero_like_graph(*tensors: torch.Tensor | None) -> torch.Tensor:
@@ -149,6 +164,7 @@ class NPairsLoss(torch.nn.Module):
             raise ValueError(f"npairs: l2_weight must be a finite number >= 0, got {l2_weight!r}")
         self.l2_weight = float(l2_weight)
 
+    @_full_precision
     def forward(self, embeddings: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
         check_embeddings_and_labels(embeddings, labels)
         x = as_float32(embeddings)
@@ -189,6 +205,7 @@ class AngularLoss(torch.nn.Module):
         self.alpha = float(alpha)
         self._tan_sq = math.tan(math.radians(self.alpha)) ** 2
 
+    @_full_precision
     def forward(self, embeddings: torch.Tensor, labels: torch.Tensor,
                 ref_embeddings: torch.Tensor | None = None,
                 ref_labels: torch.Tensor | None = None,
@@ -242,6 +259,7 @@ class NTXentLoss(torch.nn.Module):
         super().__init__()
         self.temperature = _check_temperature(temperature, "ntxent")
 
+    @_full_precision
     def forward(self, embeddings: torch.Tensor, labels: torch.Tensor,
                 ref_embeddings: torch.Tensor | None = None,
                 ref_labels: torch.Tensor | None = None,
@@ -279,6 +297,7 @@ class SupConLoss(torch.nn.Module):
         super().__init__()
         self.temperature = _check_temperature(temperature, "supcon")
 
+    @_full_precision
     def forward(self, embeddings: torch.Tensor, labels: torch.Tensor,
                 ref_embeddings: torch.Tensor | None = None,
                 ref_labels: torch.Tensor | None = None,
