@@ -25,8 +25,6 @@ from collections.abc import Sequence
 
 import numpy as np
 import torch
-from scipy import sparse
-from sklearn.metrics import normalized_mutual_info_score
 
 KMEANS_WORK_BUDGET = 2e12
 _INIT_ROUNDS = 64
@@ -122,6 +120,8 @@ def kmeans(
 
 def pair_f1(classes: np.ndarray, clusters: np.ndarray) -> float:
     """Clustering F1 over item pairs (Song et al. 2016) from the contingency table."""
+    from scipy import sparse
+
     n = len(classes)
     table = sparse.coo_matrix(
         (np.ones(n, dtype=np.int64), (classes, clusters)),
@@ -159,6 +159,8 @@ def clustering_metrics(
         )
     if len(seeds) == 0:
         raise ValueError("kmeans_seeds must hold at least one seed")
+    from sklearn.metrics import normalized_mutual_info_score
+
     classes = codes.cpu().numpy()
     nmis, f1s = [], []
     for seed in seeds:
