@@ -10,7 +10,12 @@ import torch
 from pytorch_metric_learning import losses as pml
 
 from fairdml.losses import create, lr_multiplier, names
-from fairdml.losses.proxies import grouped_log1p_sum_exp, log1p_sum_exp
+from fairdml.losses.proxies import (
+    _SoftMaxPooling,
+    cosine_matrix,
+    grouped_log1p_sum_exp,
+    log1p_sum_exp,
+)
 
 NUM_CLASSES = 7
 DIM = 12
@@ -232,6 +237,25 @@ def test_log1p_sum_exp_is_exact_and_safe():
     result.sum().backward()
     assert torch.isfinite(values.grad).all()
     assert values.grad[1].abs().sum() == 0
+
+
+def test_cosine_matrix_value_and_hand_written_gradient():
+    generator = torch.Generator().manual_seed(3)
+    x = torch.randn(5, 4, generator=generator, dtype=torch.float64, requires_grad=True)
+    p = torch.randn(3, 4, generator=generator, dtype=torch.float64, requires_grad=True)
+    expected = torch.nn.functional.cosine_similarity(x[:, None, :], p[None, :, :], dim=2)
+    torch.testing.assert_close(cosine_matrix(x, p), expected)
+    assert torch.autograd.gradcheck(cosine_matrix, (x, p))
+
+
+def test_soft_max_pooling_value_and_hand_written_gradient():
+    generator = torch.Generator().manual_seed(4)
+    similarity = torch.rand(3, 4, 5, generator=generator, dtype=torch.float64) * 2 - 1
+    similarity.requires_grad_(True)
+    weights = torch.softmax(similarity / 0.1, dim=1)
+    torch.testing.assert_close(_SoftMaxPooling.apply(similarity, 10.0),
+                               (weights * similarity).sum(1))
+    assert torch.autograd.gradcheck(lambda s: _SoftMaxPooling.apply(s, 10.0), (similarity,))
 
 
 def test_grouped_log1p_sum_exp_matches_a_loop():
