@@ -174,3 +174,14 @@ def test_shared_checks(wrapped, loss_checks):
     loss_checks.degenerate_batches_safe(build())
     loss_checks.safe_under_bfloat16(build())
     loss_checks.trains(build())
+
+
+def test_wrapper_reports_the_wrapped_loss_lr_multiplier():
+    from fairdml.losses import lr_multiplier
+
+    wrapped = create("ntxent")
+    wrapped.lr_multiplier = 10.0
+    loss = create("cross_batch_memory", loss=wrapped, memory_size=32, embedding_dim=DIM)
+    assert lr_multiplier(loss) == 10.0
+    assert lr_multiplier(create("cross_batch_memory", loss="ntxent", memory_size=32,
+                                embedding_dim=DIM)) == 1.0

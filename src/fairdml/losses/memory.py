@@ -164,6 +164,11 @@ class CrossBatchMemory(torch.nn.Module):
             params["miner"] = miner
         return create(loss, embedding_dim=embedding_dim, **params)
 
+    @property
+    def lr_multiplier(self) -> float:
+        """The wrapped loss's learning-rate multiplier (for its own parameters, if any)."""
+        return float(getattr(self.loss, "lr_multiplier", 1.0))
+
     def reset_memory(self) -> None:
         """Empty the queue (for example at the start of a new training run)."""
         self.memory_position.zero_()
