@@ -57,3 +57,20 @@ def test_wrong_image_shape_is_named() -> None:
     p = Preprocessing(mean=(0.0,) * 3, std=(1.0,) * 3)
     with pytest.raises(ValueError, match=r"expected images of shape \(B, 3, H, W\)"):
         p.normalize(torch.zeros(2, 1, 4, 4))
+
+
+def test_plain_normalize_flag_and_pickling() -> None:
+    import pickle
+
+    import torchvision.transforms as T
+
+    rgb = Preprocessing(mean=(0.485, 0.456, 0.406), std=(0.229, 0.224, 0.225))
+    x = torch.rand(3, 4, 4)
+    assert rgb.is_plain_normalize
+    torch.testing.assert_close(rgb.normalize(x), T.Normalize(rgb.mean, rgb.std)(x))
+    bgr = Preprocessing(mean=(104.0, 117.0, 128.0), std=(1.0,) * 3, color_order="BGR",
+                        input_range=255.0)
+    assert not bgr.is_plain_normalize
+    assert not torch.allclose(bgr.normalize(x), T.Normalize(bgr.mean, bgr.std)(x))
+    restored = pickle.loads(pickle.dumps(bgr.normalize))
+    torch.testing.assert_close(restored(x), bgr.normalize(x))

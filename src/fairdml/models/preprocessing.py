@@ -71,6 +71,14 @@ class Preprocessing:
             raise ValueError(f"Preprocessing.crop_size {self.crop_size} is larger than "
                              f"resize_size {self.resize_size}")
 
+    @property
+    def is_plain_normalize(self) -> bool:
+        """True when ``torchvision.transforms.Normalize(mean, std)`` applied to RGB tensors in
+        [0, 1] equals :meth:`normalize`. When False (BN-Inception: BGR, 0-255), a pipeline
+        must end with :meth:`normalize` itself (picklable, so DataLoader workers can use it)
+        instead of ``Normalize(mean, std)``, or the trunk silently sees wrong inputs."""
+        return self.input_range == 1.0 and (self.color_order == "RGB" or self.in_channels == 1)
+
     def normalize(self, images: torch.Tensor) -> torch.Tensor:
         """Map RGB images in [0, 1], shape (B, C, H, W) or (C, H, W), to the trunk's input."""
         channel_dim = images.dim() - 3
