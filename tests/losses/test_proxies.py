@@ -248,6 +248,14 @@ def test_cosine_matrix_value_and_hand_written_gradient():
     assert torch.autograd.gradcheck(cosine_matrix, (x, p))
 
 
+def test_double_backward_through_the_hand_written_gradients_is_refused():
+    x = torch.randn(4, 3, dtype=torch.float64, requires_grad=True)
+    p = torch.randn(2, 3, dtype=torch.float64, requires_grad=True)
+    (grad,) = torch.autograd.grad(cosine_matrix(x, p).square().sum(), x, create_graph=True)
+    with pytest.raises(RuntimeError, match="once_differentiable|twice"):
+        grad.sum().backward()
+
+
 def test_soft_max_pooling_value_and_hand_written_gradient():
     generator = torch.Generator().manual_seed(4)
     similarity = torch.rand(3, 4, 5, generator=generator, dtype=torch.float64) * 2 - 1

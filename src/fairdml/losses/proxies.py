@@ -13,7 +13,10 @@ Every loss here (and in :mod:`fairdml.losses.classification`, which builds on
   ``lr_multiplier`` is the ratio of their learning rate to the network's in the paper's
   recipe;
 * the loss is computed in float32 with autocast switched off, so a bfloat16 / float16
-  training step gets the same loss as a float32 one up to the embeddings' rounding.
+  training step gets the same loss as a float32 one up to the embeddings' rounding;
+* the cosine matrix and SoftTriple's soft maximum have hand-written backward passes
+  (fewer passes over memory than autograd's); they are first-order only: a double
+  backward (``create_graph=True``) raises instead of returning a wrong second derivative.
 """
 
 from __future__ import annotations
@@ -23,6 +26,7 @@ from collections.abc import Callable
 
 import torch
 import torch.nn.functional as F
+from torch.autograd.function import once_differentiable
 
 from fairdml.losses import register
 from fairdml.losses._common import as_float32, check_embeddings_and_labels, l2_normalize
@@ -127,6 +131,7 @@ class _CosineMatrix(torch.autograd.Function):
         return x_unit @ p_unit.T
 
     @staticmethod
+    @once_differentiable
     def backward(ctx, grad: torch.Tensor) -> tuple[torch.Tensor | None, torch.Tensor | None]:
         x_unit, p_unit, x_norm, p_norm = ctx.saved_tensors
         grad_x = grad_p = None
@@ -167,6 +172,7 @@ class _SoftMaxPooling(torch.autograd.Function):
         return pooled
 
     @staticmethod
+    @once_differentiable
     def backward(ctx, grad: torch.Tensor) -> tuple[torch.Tensor, None]:
         similarity, weights, pooled = ctx.saved_tensors
         result = (similarity - pooled[:, None, :]).mul_(ctx.inverse_gamma).add_(1.0)
