@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import warnings
 from pathlib import Path
 
 import pytest
 import torch
 
-from fairdml.models import WeightsMismatchError, create_trunk
+from fairdml.models import PretrainedWeightsUnavailable, WeightsMismatchError, create_trunk
 from fairdml.models.weights import read_state_dict
 
 
@@ -122,3 +123,52 @@ def test_timm_checkpoint_with_head_loads_into_the_vit_trunk(tmp_path: Path) -> N
     # and a file saved from the fairdml trunk itself
     again = create_trunk("deit_s", weights=saved(tmp_path, trunk.state_dict(), "own.pth"))
     assert torch.equal(again.model.cls_token, reference.cls_token)
+
+
+def test_published_torchvision_weights_path(monkeypatch: pytest.MonkeyPatch) -> None:
+    """pretrained=True with a reachable (here: stubbed) download loads the published file."""
+    import fairdml.models.torchvision_trunks as torchvision_trunks
+
+    published = randomized(create_trunk("resnet18", pretrained=False))
+    published["fc.weight"], published["fc.bias"] = torch.zeros(1000, 512), torch.zeros(1000)
+    urls = []
+
+    def fetch(url: str) -> dict[str, torch.Tensor]:
+        urls.append(url)
+        return published
+
+    monkeypatch.setattr(torchvision_trunks, "fetch_state_dict", fetch)
+    trunk = create_trunk("resnet18", pretrained=True)
+    assert urls == ["https://download.pytorch.org/models/resnet18-f37072fd.pth"]
+    assert torch.equal(trunk.layer2[0].downsample[1].running_mean,
+                       published["layer2.0.downsample.1.running_mean"])
+
+
+def test_corrupt_torch_hub_cache_falls_back_with_a_warning(monkeypatch: pytest.MonkeyPatch,
+                                                           tmp_path: Path) -> None:
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path))
+    checkpoints = tmp_path / "hub" / "checkpoints"
+    checkpoints.mkdir(parents=True)
+    torch.save({"conv1.weight": torch.zeros(1)}, checkpoints / "resnet18-f37072fd.pth")
+    with pytest.warns(PretrainedWeightsUnavailable, match="resnet18.*RANDOMLY INITIALISED"):
+        create_trunk("resnet18", pretrained=True)
+
+
+def test_timm_weights_from_the_local_hub_cache(monkeypatch: pytest.MonkeyPatch,
+                                               tmp_path: Path) -> None:
+    """Offline with the weights in the Hugging Face cache: timm loads them, no warning."""
+    import timm
+    from safetensors.torch import save_file
+
+    import fairdml.models.vit as vit
+
+    torch.manual_seed(3)
+    reference = timm.create_model("vit_small_patch16_224.dino", pretrained=False).eval()
+    path = tmp_path / "model.safetensors"
+    save_file({k: v.contiguous() for k, v in reference.state_dict().items()}, str(path))
+    monkeypatch.setenv("FAIRDML_OFFLINE", "1")
+    monkeypatch.setattr(vit, "_cached_hub_file", lambda name: str(path))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", PretrainedWeightsUnavailable)
+        trunk = create_trunk("dino_vit_s16", pretrained=True).eval()
+    assert torch.equal(trunk.model.pos_embed, reference.pos_embed)

@@ -149,11 +149,9 @@ class BNInception(Trunk):
             crop_size=227, resize_size=256).with_channels(in_channels)
         if pretrained:
             try:
-                state = fetch_state_dict(CADENE_URL)
-            except Exception as error:  # offline, proxy, corrupt cache: fall back loudly
+                self.load_weights(fetch_state_dict(CADENE_URL), source=f"from {CADENE_URL}")
+            except Exception as error:  # offline, proxy, corrupt or foreign cached file
                 warn_unavailable("bninception", str(error))
-            else:
-                self.load_weights(state, source=f"from {CADENE_URL}")
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         x = self.pool1_3x3_s2(self.conv1_7x7_s2(images))

@@ -75,11 +75,9 @@ class TorchvisionTrunk(Trunk):
         if pretrained:
             weights = getattr(torchvision.models, spec.weights_enum).IMAGENET1K_V1
             try:
-                state = fetch_state_dict(weights.url)
-            except Exception as error:  # offline, proxy, corrupt cache: fall back loudly
+                self.load_weights(fetch_state_dict(weights.url), source=f"torchvision {weights}")
+            except Exception as error:  # offline, proxy, corrupt or foreign cached file
                 warn_unavailable(name, str(error))
-            else:
-                self.load_weights(state, source=f"torchvision {weights}")
 
     def adapt_state_dict(self, state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         return {key: value for key, value in state.items()
