@@ -195,3 +195,22 @@ def test_inconsistent_or_invalid_normalisation_parameters() -> None:
         Head(8, normalization="poincare", clip_radius=-1.0)
     with pytest.raises(ValueError, match="beta must be a finite float"):
         Head(8, normalization="beta", beta=float("nan"))
+
+
+def test_gem_overflow_safe_form_has_the_textbook_value_and_gradients() -> None:
+    from fairdml.models.heads import GeMPooling
+
+    gem = GeMPooling().double()
+    x = torch.rand(2, 3, 4, 4, dtype=torch.float64, requires_grad=True)
+    gem(x).sum().backward()
+    grad_x, grad_p = x.grad.clone(), gem.p.grad.clone()
+    x.grad, gem.p.grad = None, None
+    textbook = x.clamp(min=1e-6).pow(gem.p).mean(dim=(-2, -1)).pow(1 / gem.p)
+    textbook.sum().backward()
+    torch.testing.assert_close(grad_x, x.grad)
+    torch.testing.assert_close(grad_p, gem.p.grad)
+    # float32 with p = 60 and activations of 20: the textbook form overflows, this one does not
+    gem32 = GeMPooling(p=60.0)
+    big = torch.full((1, 1, 2, 2), 20.0)
+    assert torch.isinf(big.pow(60.0).mean()).item()
+    assert gem32(big).item() == pytest.approx(20.0, rel=1e-5)
