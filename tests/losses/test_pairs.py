@@ -250,7 +250,7 @@ def test_margin_loss_over_all_pairs_is_brute_force():
              for i, j in itertools.permutations(range(10), 2)]
     nonzero = [t for t in terms if t > 0]
     loss = losses.create("margin", miner=None)(embeddings, labels)
-    assert float(loss) == pytest.approx(sum(nonzero) / len(nonzero), rel=1e-7)
+    assert float(loss.detach()) == pytest.approx(sum(nonzero) / len(nonzero), rel=1e-7)
 
 
 def test_margin_beta_is_a_fast_parameter_and_per_class_needs_num_classes():

@@ -166,8 +166,8 @@ class TripletLoss(_MinedLoss):
     anchor the negative distances are sorted once, and for each positive the active
     negatives ``d(a, n) < d(a, p) + margin`` form a prefix whose loss is
     ``count * (d_ap + margin) - prefix_sum`` (O(B^2 log B) time, O(B^2) memory).
-    The soft-plus variant has no such closed form and enumerates triplets in anchor
-    chunks of bounded size.
+    The soft-plus variant has no such closed form: it visits every (positive pair,
+    negative) candidate, in chunks of bounded size.
     """
 
     def __init__(self, margin: float | None = None, soft: bool = False, miner: Any = None,
@@ -243,19 +243,25 @@ def _hinge_triplet_band(d: torch.Tensor, positive: torch.Tensor, negative: torch
 def _soft_triplet_band(d: torch.Tensor, positive: torch.Tensor, negative: torch.Tensor,
                        low: float, high: float, margin: float,
                        chunk_elements: int) -> torch.Tensor:
-    """Mean ``softplus(d_ap - d_an + margin)`` over a triplet band, in anchor chunks."""
-    batch = d.shape[0]
-    chunk = max(1, chunk_elements // max(1, d.shape[1] * d.shape[1]))
+    """Mean ``softplus(d_ap - d_an + margin)`` over a triplet band.
+
+    One row per positive pair (a, p) holds ``d_an - d_ap`` for every n; rows are processed
+    in chunks of at most ``chunk_elements`` entries, so memory stays O(chunk) while only
+    the P x B triplet candidates (P = number of positive pairs) are visited.
+    """
+    anchor, positive_index = torch.nonzero(positive).unbind(1)
+    chunk = max(1, chunk_elements // max(1, d.shape[1]))
     total = d.new_zeros(())
     count = d.new_zeros(())
-    for start in range(0, batch, chunk):
-        rows = slice(start, start + chunk)
-        gap = d[rows, None, :] - d[rows, :, None]             # [a, p, n] = d_an - d_ap
-        valid = positive[rows, :, None] & negative[rows, None, :]
-        valid = valid & (gap > low) & (gap <= high)
+    for start in range(0, len(anchor), chunk):
+        rows = anchor[start:start + chunk]
+        gap = d[rows] - d[rows, positive_index[start:start + chunk]][:, None]
+        valid = negative[rows] & (gap > low) & (gap <= high)
         values = F.softplus(margin - gap)
         total = total + torch.where(valid, values, torch.zeros_like(values)).sum()
         count = count + valid.sum()
+    if len(anchor) == 0:
+        total = total + d.sum() * 0
     return total / count.clamp_min(1)
 
 
