@@ -26,6 +26,7 @@ filter converts official DeiT / DINO files, and classifier keys (``head.*``,
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 import torch
@@ -125,7 +126,7 @@ def _cached_hub_file(timm_name: str) -> str | None:
     return None
 
 
-def _factory(timm_name: str):  # noqa: ANN202 - returns a registered factory
+def _factory(timm_name: str) -> Callable[..., TimmViT]:
     def create(*, pretrained: bool = True, in_channels: int = 3) -> TimmViT:
         return TimmViT(timm_name, pretrained=pretrained, in_channels=in_channels)
 
