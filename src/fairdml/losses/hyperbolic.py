@@ -16,7 +16,6 @@ from fairdml.losses._common import (
     as_float32,
     check_embeddings_and_labels,
     label_masks,
-    masked_logsumexp,
     safe_sqrt,
     squared_euclidean_matrix,
 )
@@ -134,8 +133,11 @@ class HyperbolicPairCELoss(torch.nn.Module):
                 check_on_ball(z, self.c)
                 return embeddings.sum() * 0.0
             logits = -poincare_distance(z, c=self.c) / self.temperature
-            others = ~torch.eye(len(labels), dtype=torch.bool, device=z.device)
-            log_probability = logits - masked_logsumexp(logits, others)[:, None]
+            self_pairs = torch.eye(len(labels), dtype=torch.bool, device=z.device)
+            # Every row has another item (a positive exists), so the logsumexp is finite.
+            log_normaliser = torch.logsumexp(logits.masked_fill(self_pairs, -float("inf")),
+                                             dim=1, keepdim=True)
+            log_probability = logits - log_normaliser
             positives = positive.to(z.dtype)
             per_anchor = -(log_probability * positives).sum(dim=1) \
                 / positives.sum(dim=1).clamp_min(1.0)

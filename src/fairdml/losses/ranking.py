@@ -17,6 +17,7 @@ pass (activation checkpointing), so memory stays bounded for very large batches.
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
+from functools import partial
 
 import torch
 import torch.nn.functional as F
@@ -28,7 +29,6 @@ from fairdml.losses._common import (
     check_embeddings_and_labels,
     l2_normalize,
     label_masks,
-    masked_logsumexp,
     mean_of_nonzero,
     normalized_euclidean_matrix,
 )
@@ -248,13 +248,15 @@ class RankedListLoss(torch.nn.Module):
     @staticmethod
     def _weighted_mean(violation: torch.Tensor, mask: torch.Tensor,
                        temperature: float) -> torch.Tensor:
-        """Per row: sum of softmax(T * violation) * violation over ``mask``; 0 if empty."""
-        logits = temperature * violation
-        log_normaliser = masked_logsumexp(logits, mask)
-        # exp(-inf) = 0 outside the mask: no overflow, and no 0 * inf in the backward pass.
-        log_weights = torch.where(mask, logits - log_normaliser[:, None],
-                                  torch.full_like(logits, -float("inf")))
-        return (torch.exp(log_weights) * violation).sum(dim=1)
+        """Per row: sum of softmax(T * violation) * violation over ``mask``; 0 if empty.
+
+        Entries outside the mask get a huge negative logit (exactly 0 weight, finite
+        gradient); an empty row's uniform weights are zeroed by the mask.
+        """
+        logits = torch.where(mask, temperature * violation,
+                             torch.full_like(violation, -1e30))
+        weights = torch.softmax(logits, dim=1)
+        return (weights * violation * mask.to(violation.dtype)).sum(dim=1)
 
 
 # --------------------------------------------------------------------------------------
@@ -302,6 +304,45 @@ def _chunked_over_rows(function: Callable[..., torch.Tensor], rows_per_chunk: in
     return torch.cat(outputs)
 
 
+def _sigmoid_step(t: torch.Tensor, temperature: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """``sigmoid(t / tau)`` and its derivative."""
+    value = torch.sigmoid(t / temperature)
+    return value, value * (1.0 - value) / temperature
+
+
+class _SoftRankSums(torch.autograd.Function):
+    """``out[q, a, k] = sum_j h(s[q, j] - anchor[q, a]) * weight[q, j, k]`` for a step
+    surrogate ``h`` (:func:`_sigmoid_step` or :func:`_supap_step`), with a hand-written
+    backward.
+
+    Autograd would keep several (rows x P x N) intermediates and run about ten elementwise
+    passes over them; here the forward keeps only ``h'`` and the backward is one ``bmm``
+    and two reductions: ``dL/dt = (g @ weight^T) * h'``, then ``ds = sum_a dL/dt`` and
+    ``danchor = -sum_j dL/dt``. ``weight`` gets no gradient (it is a mask).
+    """
+
+    @staticmethod
+    def forward(ctx, similarity, anchor, weight, step):  # noqa: D102
+        value, derivative = step(similarity[:, None, :] - anchor[:, :, None])
+        ctx.save_for_backward(derivative, weight)
+        return torch.bmm(value, weight)
+
+    @staticmethod
+    def backward(ctx, grad_output):  # noqa: D102
+        derivative, weight = ctx.saved_tensors
+        grad_t = torch.bmm(grad_output, weight.transpose(1, 2)).mul_(derivative)
+        return grad_t.sum(dim=1), -grad_t.sum(dim=2), None, None
+
+
+def _soft_rank_sums(similarity: torch.Tensor, positive_index: torch.Tensor,
+                    weight: torch.Tensor,
+                    step: Callable[[torch.Tensor], tuple[torch.Tensor, torch.Tensor]]
+                    ) -> torch.Tensor:
+    """Weighted sums of ``step(s_qj - s_qp)`` over items ``j`` for each query's positives."""
+    anchor = similarity.gather(1, positive_index)
+    return _SoftRankSums.apply(similarity, anchor, weight, step)
+
+
 def _check_chunk_size(chunk_size: int | None) -> int | None:
     if chunk_size is not None and (not isinstance(chunk_size, int) or chunk_size < 1):
         raise ValueError(f"chunk_size must be a positive integer or None, got {chunk_size!r}")
@@ -322,9 +363,9 @@ def _smooth_ap_rows(similarity: torch.Tensor, positive_index: torch.Tensor,
                     valid: torch.Tensor, positive: torch.Tensor, candidate: torch.Tensor,
                     temperature: float) -> torch.Tensor:
     """Smooth AP of a chunk of queries (rows); see :class:`SmoothAPLoss`."""
-    anchor = similarity.gather(1, positive_index)
-    soft_above = torch.sigmoid((similarity[:, None, :] - anchor[:, :, None]) / temperature)
-    counts = torch.bmm(soft_above, torch.stack((candidate, positive), dim=2))
+    counts = _soft_rank_sums(similarity, positive_index,
+                             torch.stack((candidate, positive), dim=2),
+                             partial(_sigmoid_step, temperature=temperature))
     # Comparing a positive with itself adds sigmoid(0) = 1/2 to both sums: 1 - 1/2.
     rank_all = 0.5 + counts[..., 0]
     rank_positive = 0.5 + counts[..., 1]
@@ -393,25 +434,32 @@ def supap_negative_step(t: torch.Tensor, temperature: float, slope: float, offse
     and SupAP a lower bound of AP; the linear part keeps a gradient on badly ranked
     negatives where a sigmoid saturates.
     """
-    smooth = torch.sigmoid(t / temperature)
-    inside = torch.where(t > 0, 0.5 + smooth, smooth)
-    return torch.where(t > margin, slope * t + offset, inside)
+    return _supap_step(t, temperature, slope, offset, margin)[0]
+
+
+def _supap_step(t: torch.Tensor, temperature: float, slope: float, offset: float,
+                margin: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """:func:`supap_negative_step` and its derivative."""
+    smooth, smooth_derivative = _sigmoid_step(t, temperature)
+    linear = t > margin
+    value = torch.where(linear, slope * t + offset, smooth + 0.5 * (t > 0).to(t.dtype))
+    return value, smooth_derivative.masked_fill_(linear, slope)
 
 
 def _supap_rows(similarity: torch.Tensor, positive_index: torch.Tensor, valid: torch.Tensor,
                 positive: torch.Tensor, negative: torch.Tensor, temperature: float,
                 slope: float, offset: float, margin: float) -> torch.Tensor:
     """SupAP of a chunk of queries; see :class:`ROADMAPLoss`."""
-    anchor = similarity.gather(1, positive_index)
-    difference = similarity[:, None, :] - anchor[:, :, None]
-    negative_rank = torch.bmm(
-        supap_negative_step(difference, temperature, slope, offset, margin),
-        negative[:, :, None]).squeeze(2)
+    negative_rank = _soft_rank_sums(
+        similarity, positive_index, negative[:, :, None],
+        partial(_supap_step, temperature=temperature, slope=slope, offset=offset,
+                margin=margin)).squeeze(2)
     with torch.no_grad():
         # Exact Heaviside on the positives (no gradient); the positive itself (t = 0)
         # is counted once, which is the "1 +" of the rank.
-        positive_rank = ((difference >= 0).to(similarity.dtype)
-                         * positive[:, None, :]).sum(dim=2)
+        anchor = similarity.gather(1, positive_index)
+        above = (similarity[:, None, :] >= anchor[:, :, None]).to(similarity.dtype)
+        positive_rank = torch.bmm(above, positive[:, :, None]).squeeze(2)
     ratio = torch.where(valid, positive_rank / (positive_rank + negative_rank),
                         torch.zeros_like(negative_rank))
     return ratio.sum(dim=1) / valid.sum(dim=1).clamp_min(1).to(ratio.dtype)
@@ -527,10 +575,10 @@ def _recall_rows(similarity: torch.Tensor, positive_index: torch.Tensor, valid: 
                  candidate: torch.Tensor, ks: torch.Tensor, k_temperatures: torch.Tensor,
                  rank_temperature: float) -> torch.Tensor:
     """Mean over k of the recall@k surrogate of a chunk of queries."""
-    anchor = similarity.gather(1, positive_index)
-    soft_above = torch.sigmoid((similarity[:, None, :] - anchor[:, :, None]) / rank_temperature)
     # 1 + sum over the other items, minus sigmoid(0) = 1/2 for the positive itself.
-    rank = 0.5 + torch.bmm(soft_above, candidate[:, :, None]).squeeze(2)
+    rank = 0.5 + _soft_rank_sums(similarity, positive_index, candidate[:, :, None],
+                                 partial(_sigmoid_step, temperature=rank_temperature)
+                                 ).squeeze(2)
     in_top_k = torch.sigmoid((ks - rank[:, :, None]) / k_temperatures)
     hits = torch.where(valid[:, :, None], in_top_k, torch.zeros_like(in_top_k)).sum(dim=1)
     num_positives = valid.sum(dim=1, keepdim=True).to(hits.dtype)
