@@ -23,6 +23,7 @@ import statistics
 import subprocess
 import sys
 import time
+import warnings
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -414,6 +415,8 @@ def main(argv: list[str] | None = None) -> int:
     if any(b % SAMPLES_PER_CLASS for b in args.batch_sizes):
         parser.error(f"batch sizes must be multiples of {SAMPLES_PER_CLASS}")
     torch.manual_seed(0)
+    # PML 2.9 indexes with lists (a torch deprecation warning per call): not our concern here.
+    warnings.filterwarnings("ignore", category=UserWarning, module="pytorch_metric_learning")
     rows = run(loss_names, args.batch_sizes, args.dim, args.repeats, args.warmup)
     section = markdown(rows, args.batch_sizes, args.dim, args.repeats, args.warmup)
     print(section)
