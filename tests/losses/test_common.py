@@ -12,6 +12,7 @@ from fairdml.losses._common import (
     check_embeddings_and_labels,
     cosine_similarity_matrix,
     euclidean_matrix,
+    gram_matrix,
     label_masks,
     masked_logsumexp,
     masked_mean,
@@ -115,3 +116,23 @@ def test_as_float32_upcasts_half_precision_but_keeps_double():
 def test_bad_inputs_are_named(embeddings, labels, message):
     with pytest.raises(ValueError, match=message):
         check_embeddings_and_labels(embeddings, labels)
+
+
+def test_symmetric_gram_gradient_matches_autograd():
+    x = _points(6, 4).requires_grad_(True)
+    weights = torch.randn(6, 6, dtype=torch.float64)
+    (gram_matrix(x) * weights).sum().backward()
+    reference = x.detach().clone().requires_grad_(True)
+    ((reference @ reference.T) * weights).sum().backward()
+    torch.testing.assert_close(x.grad, reference.grad)
+    assert torch.autograd.gradcheck(gram_matrix, (_points(4, 3).requires_grad_(True),))
+
+
+def test_similarities_stay_float32_under_bfloat16_autocast():
+    x = torch.randn(5, 8)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        cosine = cosine_similarity_matrix(x)
+        squared = squared_euclidean_matrix(x, x[:2])
+    assert cosine.dtype == squared.dtype == torch.float32
+    torch.testing.assert_close(cosine, cosine_similarity_matrix(x))
+    torch.testing.assert_close(squared, squared_euclidean_matrix(x, x[:2]))

@@ -48,25 +48,61 @@ def l2_normalize(x: torch.Tensor, eps: float = 1e-12) -> torch.Tensor:
     return F.normalize(x, p=2, dim=1, eps=eps)
 
 
+def _full_precision(x: torch.Tensor) -> torch.Tensor:
+    return x.float() if x.dtype in (torch.float16, torch.bfloat16) else x
+
+
+class _SymmetricGram(torch.autograd.Function):
+    """``x @ x.T`` whose backward is one matmul, ``(G + G^T) @ x``, instead of two."""
+
+    @staticmethod
+    def forward(ctx, x: torch.Tensor) -> torch.Tensor:
+        ctx.save_for_backward(x)
+        return x @ x.T
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor) -> torch.Tensor:
+        (x,) = ctx.saved_tensors
+        return (grad + grad.T) @ x
+
+
+def gram_matrix(x: torch.Tensor, y: torch.Tensor | None = None) -> torch.Tensor:
+    """``x @ y.T`` in at least float32, outside autocast.
+
+    Without ``y`` the product is symmetric and its backward costs one matmul instead of
+    two (a third less work for a batch similarity matrix). Autocast is disabled here:
+    under bf16 autocast the matmul would otherwise be rounded to 8 mantissa bits before
+    any ``exp(gamma * s)``.
+    """
+    with torch.autocast(x.device.type, enabled=False):
+        x = _full_precision(x)
+        if y is None:
+            return _SymmetricGram.apply(x)
+        return x @ _full_precision(y).T
+
+
 def cosine_similarity_matrix(x: torch.Tensor, y: torch.Tensor | None = None) -> torch.Tensor:
     """``S[i, j] = <x_i, y_j> / (|x_i| |y_j|)``: one matmul of the normalised rows."""
-    x = l2_normalize(x)
-    y = x if y is None else l2_normalize(y)
-    return x @ y.T
+    x = l2_normalize(_full_precision(x))
+    return gram_matrix(x, None if y is None else l2_normalize(_full_precision(y)))
 
 
 def squared_euclidean_matrix(x: torch.Tensor, y: torch.Tensor | None = None) -> torch.Tensor:
     """``D2[i, j] = |x_i - y_j|^2`` as ``|x_i|^2 + |y_j|^2 - 2 <x_i, y_j>``, clamped at 0.
 
-    The expansion is one fused matmul (``addmm``) instead of a B x B x D difference tensor.
+    The expansion is one fused matmul (``addmm``) instead of a B x B x D difference tensor;
+    it runs in at least float32, outside autocast.
     """
-    x_norms = (x * x).sum(dim=1)
-    if y is None:
-        y, y_norms = x, x_norms
-    else:
-        y_norms = (y * y).sum(dim=1)
-    squared = torch.addmm(x_norms[:, None] + y_norms[None, :], x, y.T, alpha=-2.0)
-    return squared.clamp_min(0.0)
+    with torch.autocast(x.device.type, enabled=False):
+        x = _full_precision(x)
+        x_norms = (x * x).sum(dim=1)
+        if y is None:
+            y, y_norms = x, x_norms
+        else:
+            y = _full_precision(y)
+            y_norms = (y * y).sum(dim=1)
+        squared = torch.addmm(x_norms[:, None] + y_norms[None, :], x, y.T, alpha=-2.0)
+        return squared.clamp_min(0.0)
 
 
 def safe_sqrt(x: torch.Tensor) -> torch.Tensor:
@@ -82,8 +118,14 @@ def euclidean_matrix(x: torch.Tensor, y: torch.Tensor | None = None) -> torch.Te
 
 
 def normalized_euclidean_matrix(x: torch.Tensor, y: torch.Tensor | None = None) -> torch.Tensor:
-    """Euclidean distance between L2-normalised rows: ``sqrt(2 - 2 cos)``, zero-safe."""
-    return safe_sqrt((2.0 - 2.0 * cosine_similarity_matrix(x, y)).clamp_min(0.0))
+    """Euclidean distance between L2-normalised rows: ``sqrt(2 - 2 cos)``.
+
+    ``2 - 2 cos`` is clamped below at the smallest normal float before the square root,
+    so coincident points get distance ~1e-19 (float32) with zero gradient instead of NaN;
+    this costs two element-wise passes instead of :func:`safe_sqrt`'s four.
+    """
+    cosine = cosine_similarity_matrix(x, y)
+    return (2.0 - 2.0 * cosine).clamp_min(torch.finfo(cosine.dtype).tiny).sqrt()
 
 
 def label_masks(labels: torch.Tensor,
@@ -154,6 +196,7 @@ __all__ = [
     "check_embeddings_and_labels",
     "cosine_similarity_matrix",
     "euclidean_matrix",
+    "gram_matrix",
     "l2_normalize",
     "label_masks",
     "masked_logsumexp",
