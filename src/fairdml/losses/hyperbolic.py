@@ -17,7 +17,6 @@ from fairdml.losses._common import (
     check_embeddings_and_labels,
     label_masks,
     safe_sqrt,
-    squared_euclidean_matrix,
 )
 
 # Points are kept at least this far (relative) inside the boundary, where 1 - c|x|^2
@@ -43,11 +42,17 @@ def check_on_ball(x: torch.Tensor, c: float, name: str = "embeddings") -> None:
             f"Map Euclidean features with expmap0 (or pass project=True).")
 
 
+def _ball_scale(squared_norms: torch.Tensor, c: float, eps: float = BOUNDARY_EPS
+                ) -> torch.Tensor:
+    """Per-row factor (<= 1) that brings norms above ``(1 - eps) / sqrt(c)`` back to it."""
+    max_norm = (1.0 - eps) / math.sqrt(c)
+    return (max_norm / squared_norms.clamp_min(1e-30).sqrt()).clamp(max=1.0)
+
+
 def clamp_to_ball(x: torch.Tensor, c: float, eps: float = BOUNDARY_EPS) -> torch.Tensor:
     """Rows of ``x`` with norm above ``(1 - eps) / sqrt(c)`` scaled back to that norm."""
-    max_norm = (1.0 - eps) / math.sqrt(_check_curvature(c))
-    norms = x.norm(dim=-1, keepdim=True).clamp_min(1e-15)
-    return x * (max_norm / norms).clamp(max=1.0)
+    c = _check_curvature(c)
+    return x * _ball_scale((x * x).sum(dim=-1, keepdim=True), c, eps)
 
 
 def expmap0(v: torch.Tensor, c: float = 0.1, clip_radius: float | None = 2.3) -> torch.Tensor:
@@ -56,15 +61,18 @@ def expmap0(v: torch.Tensor, c: float = 0.1, clip_radius: float | None = 2.3) ->
     With ``clip_radius`` the Euclidean features are first clipped to that norm (feature
     clipping, Guo et al. CVPR 2022, used by Hyp-ViT with radius 2.3), which keeps the points
     away from the boundary where gradients vanish. The result is clamped inside the ball.
+    All of it is one per-row factor, so ``v`` is multiplied once.
     """
     sqrt_c = math.sqrt(_check_curvature(c))
     norms = v.norm(dim=-1, keepdim=True).clamp_min(1e-15)
+    clipped = norms
     if clip_radius is not None:
         if not clip_radius > 0:
             raise ValueError(f"clip_radius must be > 0 or None, got {clip_radius!r}")
-        v = v * (clip_radius / norms).clamp(max=1.0)
-        norms = norms.clamp(max=clip_radius)
-    return clamp_to_ball(torch.tanh(sqrt_c * norms) * v / (sqrt_c * norms), c)
+        clipped = norms.clamp(max=clip_radius)
+    ball_norms = torch.tanh(sqrt_c * clipped) / sqrt_c
+    factor = ball_norms / norms * _ball_scale(ball_norms * ball_norms, c)
+    return v * factor
 
 
 def poincare_distance(x: torch.Tensor, y: torch.Tensor | None = None,
@@ -73,21 +81,26 @@ def poincare_distance(x: torch.Tensor, y: torch.Tensor | None = None,
 
     ``d(x, y) = arcosh(1 + 2 c |x - y|^2 / ((1 - c|x|^2)(1 - c|y|^2))) / sqrt(c)``, equal to
     the Mobius form ``2 / sqrt(c) * artanh(sqrt(c) |(-x) (+)_c y|)``; the arcosh form needs
-    only the squared Euclidean distance matrix (one matmul). Inputs must be on the ball
-    (ValueError otherwise); points within ``1e-5`` of the boundary are clamped inside, and
-    the gradient at coincident points is 0 instead of inf.
+    only the Gram matrix (one matmul) and the squared norms. Inputs must be on the ball
+    (ValueError otherwise); points within ``1e-5`` of the boundary are clamped inside (as a
+    per-row factor on the Gram matrix), and the gradient at coincident points is 0, not inf.
     """
     c = _check_curvature(c)
     check_on_ball(x, c, "x")
-    x = clamp_to_ball(x, c)
+    x_squared = (x * x).sum(dim=-1)
+    x_scale = _ball_scale(x_squared, c)
     if y is None:
-        y = x
+        y, y_squared, y_scale = x, x_squared, x_scale
     else:
         check_on_ball(y, c, "y")
-        y = clamp_to_ball(y, c)
-    x_conformal = 1.0 - c * (x * x).sum(dim=-1)
-    y_conformal = 1.0 - c * (y * y).sum(dim=-1)
-    z = 2.0 * c * squared_euclidean_matrix(x, y) / (x_conformal[:, None] * y_conformal[None, :])
+        y_squared = (y * y).sum(dim=-1)
+        y_scale = _ball_scale(y_squared, c)
+    x_squared = x_squared * x_scale * x_scale
+    y_squared = y_squared * y_scale * y_scale
+    gram = (x @ y.T) * (x_scale[:, None] * y_scale[None, :])
+    squared_distance = (x_squared[:, None] + y_squared[None, :] - 2.0 * gram).clamp_min(0.0)
+    z = 2.0 * c * squared_distance / ((1.0 - c * x_squared)[:, None]
+                                      * (1.0 - c * y_squared)[None, :])
     # arcosh(1 + z) = log(1 + z + sqrt(z (z + 2))), accurate for small z via log1p.
     return torch.log1p(z + safe_sqrt(z * (z + 2.0))) / math.sqrt(c)
 
