@@ -272,9 +272,13 @@ def _positive_columns(positive: torch.Tensor) -> tuple[torch.Tensor, torch.Tenso
     """
     counts = positive.sum(dim=1)
     width = max(int(counts.max()), 1)
-    order = torch.argsort((~positive).to(torch.int8), dim=1, stable=True)[:, :width]
+    # The a-th positive of a row goes to slot a; every other column to a spare slot.
+    slot = torch.where(positive, torch.cumsum(positive, dim=1) - 1, width)
+    columns = torch.arange(positive.shape[1], device=positive.device).expand_as(slot)
+    index = torch.zeros(positive.shape[0], width + 1, dtype=torch.long,
+                        device=positive.device).scatter_(1, slot, columns)[:, :width]
     valid = torch.arange(width, device=positive.device)[None, :] < counts[:, None]
-    return order, valid
+    return index, valid
 
 
 def _rows_per_chunk(num_positive_columns: int, num_items: int,
