@@ -10,7 +10,7 @@ import torch
 from fairdml import data
 from fairdml.config import load_config
 from fairdml.train import checkpoint
-from fairdml.train.final import test_run
+from fairdml.train.final import final_test
 from fairdml.train.trainer import LAST, RunDirectoryError, Trainer
 
 TINY = ["train.iterations_per_epoch=3", "data.num_folds=2", "data.val_fold=0",
@@ -38,7 +38,7 @@ def test_trains_validates_and_writes_metrics(tmp_path, digits_train):
     assert (run / "checkpoints" / "best.pt").is_file()
     assert (run / "config.yaml").is_file()
     assert any((run / "tensorboard").iterdir())
-    test = test_run(run)
+    test = final_test(run)
     assert set(test) >= {"recall@1", "map@r", "r_precision", "nmi", "num_queries"}
     assert json.loads((run / "metrics.json").read_text())["test"] == test
 
@@ -112,3 +112,25 @@ def test_cli_bad_input_is_a_clear_error(tmp_path, arguments, message):
                           capture_output=True, text=True, timeout=300)
     assert done.returncode == 2
     assert message in done.stderr
+
+
+def test_standard_transform_follows_the_trunk_convention():
+    """BN-Inception expects BGR in 0-255 minus its mean: a pure red pixel becomes (-104, -117,
+    127); a ResNet gets ImageNet mean/std normalisation of RGB in [0, 1]."""
+    import numpy as np
+    from PIL import Image
+
+    from fairdml.train.trainer import build_model, build_transforms
+
+    red = Image.fromarray(np.full((300, 400, 3), [255, 0, 0], dtype=np.uint8))
+    config = load_config(None, ["model.trunk=bninception", "model.pretrained=false",
+                                "data.transform=standard"])
+    pixel = build_transforms(config, build_model(config), train=False)(red)[:, 100, 100]
+    torch.testing.assert_close(pixel, torch.tensor([-104.0, -117.0, 127.0]))
+    config = load_config(None, ["model.trunk=resnet18", "model.pretrained=false",
+                                "data.transform=standard"])
+    image = build_transforms(config, build_model(config), train=False)(red)
+    assert image.shape == (3, 224, 224)  # the trunk's declared crop when the config sets none
+    torch.testing.assert_close(image[:, 100, 100],
+                               torch.tensor([(1 - 0.485) / 0.229, -0.456 / 0.224,
+                                             -0.406 / 0.225]))

@@ -22,13 +22,13 @@ def run(args: argparse.Namespace) -> int:
     except FileNotFoundError as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
-    console = Console()
+    console = Console(width=None if sys.stdout.isatty() else 200)
     for kind in (*KINDS, "baseline"):
         rows = {m: r for (m, k), r in report["table"].items() if k == kind}
         if not rows:
             continue
         table = Table(title=f"{kind} (test, mean ± 95% CI; best in bold)")
-        table.add_column("method")
+        table.add_column("method", no_wrap=True)
         for column in report["columns"]:
             table.add_column(column, justify="right")
         for method, row in sorted(rows.items()):

@@ -91,8 +91,8 @@ def _requeue_interrupted(study: Any) -> None:
     """Trials left RUNNING by a killed process are failed and their parameters re-queued."""
     import optuna
 
-    for trial in study.get_trials(deep_copy=False, states=(optuna.trial.TrialState.RUNNING,)):
-        study._storage.set_trial_state_values(trial._trial_id, optuna.trial.TrialState.FAIL)
+    for trial in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.RUNNING,)):
+        study.tell(trial.number, state=optuna.trial.TrialState.FAIL)
         study.enqueue_trial(trial.params, skip_if_exists=True)
 
 
@@ -133,7 +133,7 @@ def search_method(bench: BenchConfig, method: MethodConfig, train_table: SampleT
         return value
 
     def completed() -> list[Any]:
-        return study.get_trials(deep_copy=False, states=(optuna.trial.TrialState.COMPLETE,))
+        return study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,))
 
     while len(completed()) < planned:
         study.optimize(objective, n_trials=1, catch=())

@@ -26,7 +26,7 @@ def configure(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     from fairdml import data
     from fairdml.train import distributed
-    from fairdml.train.final import test_run
+    from fairdml.train.final import final_test
     from fairdml.train.trainer import RunDirectoryError, Trainer
 
     try:
@@ -51,7 +51,7 @@ def run(args: argparse.Namespace) -> int:
         print(f"best epoch {summary['best_epoch']}: validation "
               f"{json.dumps(summary['best_validation'])}")
         if not args.no_test:
-            metrics = test_run(run_dir)
+            metrics = final_test(run_dir)
             print_metrics(metrics, title=f"test metrics ({config.data.name})")
     return 0
 

@@ -49,7 +49,7 @@ def run_demo(out: Path, *, preset: str = "demo", seeds: list[int] | None = None,
     """Train and test every (loss, seed); returns test metrics per loss."""
     from fairdml import data
     from fairdml.config import load_config
-    from fairdml.train.final import test_run
+    from fairdml.train.final import final_test
     from fairdml.train.trainer import LAST, Trainer
 
     seeds = [0, 1] if seeds is None else seeds
@@ -71,7 +71,7 @@ def run_demo(out: Path, *, preset: str = "demo", seeds: list[int] | None = None,
                                   resume=(run_dir / LAST).is_file())
                 print(f"training {loss} (seed {seed}) -> {run_dir}")
                 trainer.fit()
-                test_run(run_dir)
+                final_test(run_dir)
             results[loss].append(json.loads(metrics_file.read_text())["test"])
     write_summary(out, results)
     return results

@@ -50,8 +50,14 @@ def embed_split(run_dir: Path, config: RunConfig, table: data.SampleTable,
                               flip_average=config.eval.flip_average)
 
 
-def test_run(run_dir: str | Path, *, write: bool = True) -> dict[str, Any]:
-    """Evaluate the selected checkpoint of ``run_dir`` on the test split."""
+def final_test(run_dir: str | Path, *, write: bool = True,
+               options: dict[str, Any] | None = None) -> dict[str, Any]:
+    """Evaluate the selected checkpoint of ``run_dir`` on the test split.
+
+    ``options`` are extra arguments of `fairdml.evaluate` (``metrics``, ``distance``,
+    ``memory_budget``, ``progress``); recall@K and the k-means seeds come from the run's
+    ``eval`` config unless given.
+    """
     from fairdml import evaluate
 
     run_dir = Path(run_dir)
@@ -60,7 +66,7 @@ def test_run(run_dir: str | Path, *, write: bool = True) -> dict[str, Any]:
     table = data.load(config.data.name, config.data.root).with_split("test")
     embeddings = embed_split(run_dir, config, table, device)
     options = {"recall_ks": tuple(config.eval.recall_ks), "metrics": config.eval.metrics,
-               "kmeans_seeds": tuple(config.eval.kmeans_seeds)}
+               "kmeans_seeds": tuple(config.eval.kmeans_seeds), **(options or {})}
     if table.is_query.all() and table.is_gallery.all():
         metrics = evaluate(embeddings, table.labels, **options)
     else:  # In-Shop style: query rows search the gallery rows only
@@ -78,6 +84,16 @@ def test_run(run_dir: str | Path, *, write: bool = True) -> dict[str, Any]:
     return metrics
 
 
+RUN_OPTIONS = ("metrics", "distance", "memory_budget", "progress")
+
+
 def evaluate_run(run_dir: str | Path, **options: Any) -> dict[str, Any]:
-    """`fairdml eval RUN_DIR`: test metrics of the selected checkpoint (written to metrics.json)."""
-    return test_run(run_dir, write=options.get("write", True))
+    """`fairdml eval RUN_DIR`: test metrics of the selected checkpoint (written to metrics.json).
+
+    Of the command's options, ``metrics`` (when given), ``distance``, ``memory_budget`` and
+    ``progress`` apply; recall@K and the k-means seeds are the run's own (``eval`` config),
+    so that the numbers match those recorded at the end of training.
+    """
+    chosen = {key: options[key] for key in RUN_OPTIONS
+              if key in options and not (key == "metrics" and options[key] is None)}
+    return final_test(run_dir, options=chosen)

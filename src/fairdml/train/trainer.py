@@ -3,7 +3,7 @@
 `Trainer` sees only the *training* classes of a data set: it draws a class-disjoint
 validation fold from them (``data.val_fold`` of ``data.num_folds``) and selects the best
 epoch on validation ``eval.val_metric`` (MAP@R by default). The test split is not
-reachable from here: `fairdml.train.final.test_run` evaluates a finished run once.
+reachable from here: `fairdml.train.final.final_test` evaluates a finished run once.
 
 Everything needed to continue a killed run exactly is saved at the end of every epoch
 (model, optimiser, schedule, loss state, random generators, history, early-stopping
@@ -75,14 +75,39 @@ def build_loss(config: RunConfig, num_classes: int, embedding_dim: int) -> torch
 
 
 def build_transforms(config: RunConfig, model: torch.nn.Module, *, train: bool):
+    """The data preset's transform, following the trunk's declared preprocessing.
+
+    With the ``standard`` preset, the trunk's mean, std and default crop/resize sizes apply
+    (config values win when set). Trunks whose convention is not a plain normalisation of
+    RGB in [0, 1] (BN-Inception: BGR, 0-255, mean subtraction) get their own ``normalize``
+    as the last step.
+    """
+    from torchvision import transforms as T
+
     from fairdml.data import transforms
 
     options: dict[str, Any] = {"train": train, "crop_size": config.data.crop_size,
-                               "resize_size": config.data.resize_size}
+                               "resize_size": config.data.resize_size,
+                               "in_channels": config.model.in_channels}
     preprocessing = getattr(model, "preprocessing", None)
+    final_step = None
     if config.data.transform == "standard" and preprocessing is not None:
-        options["mean"], options["std"] = preprocessing.mean, preprocessing.std
-    return transforms.create(config.data.transform, **options)
+        if options["crop_size"] is None:
+            options["crop_size"] = preprocessing.crop_size
+        if options["resize_size"] is None:
+            options["resize_size"] = preprocessing.resize_size
+        if preprocessing.is_plain_normalize:
+            options["mean"], options["std"] = preprocessing.mean, preprocessing.std
+        else:
+            channels = config.model.in_channels
+            options["mean"], options["std"] = (0.0,) * channels, (1.0,) * channels
+            final_step = preprocessing.normalize
+    transform = transforms.create(config.data.transform, **options)
+    if final_step is not None:
+        transform = transforms.Preprocess(transform.name,
+                                          T.Compose([transform.pipeline, final_step]),
+                                          transform.image_mode)
+    return transform
 
 
 class Trainer:
@@ -96,7 +121,7 @@ class Trainer:
 
         if (train_table.split != "train").any():
             raise ValueError("Trainer takes the training split only; the test split is sealed "
-                             "until the final test (fairdml.train.final.test_run)")
+                             "until the final test (fairdml.train.final.final_test)")
         self.config = config
         self.run_dir = Path(run_dir)
         self.device = resolve_device(config.train.device)
