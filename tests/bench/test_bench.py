@@ -173,3 +173,17 @@ def test_store_refuses_another_preset(tmp_path):
     with pytest.raises(StoreError, match="different preset"):
         store.bind_preset({"a": 2})
     assert json.loads(store.get_meta("preset")) == {"a": 1}
+
+
+@pytest.mark.parametrize("preset", ["bench/demo", "bench/omniglot", "bench/mlrc_cub200",
+                                    "bench/mlrc_cars196", "bench/mlrc_sop"])
+def test_shipped_presets_are_valid(preset):
+    bench = load_config(preset, cls=BenchConfig)
+    assert bench.methods
+
+
+def test_omniglot_preset_covers_every_registered_loss():
+    from fairdml import losses
+
+    bench = load_config("bench/omniglot", cls=BenchConfig)
+    assert {m.loss for m in bench.methods} == set(losses.names())
