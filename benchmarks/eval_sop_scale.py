@@ -116,7 +116,7 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--n", type=int, default=N_ITEMS)
     parser.add_argument("--classes", type=int, default=N_CLASSES)
-    parser.add_argument("--noise", type=float, default=1.15)
+    parser.add_argument("--noise", type=float, default=2.28)
     parser.add_argument("--skip-pml", action="store_true")
     parser.add_argument("--faiss-path", default=os.environ.get("FAIRDML_FAISS_PATH", ""))
     parser.add_argument("--tasks", nargs="*", default=None)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import importlib
+
 import numpy as np
 import pytest
 import torch
@@ -161,3 +163,39 @@ def test_agrees_with_pytorch_metric_learning(same_set):
     assert got["recall@1"] == pytest.approx(want["precision_at_1"], abs=1e-6)
     assert got["r_precision"] == pytest.approx(want["r_precision"], abs=1e-6)
     assert got["map@r"] == pytest.approx(want["mean_average_precision_at_r"], abs=1e-6)
+
+
+@pytest.mark.parametrize("distance", ["cosine", "euclidean"])
+def test_large_k_recall_by_counting_matches_brute_force(distance):
+    # K above the list depth: recall comes from counting items ranked before the best
+    # relevant one. For euclidean, small integer embeddings give many exact ties (exact in
+    # float32 too); cosine ties after normalisation depend on rounding, so it gets
+    # continuous data.
+    g = np.random.default_rng(8)
+    if distance == "euclidean":
+        x = g.integers(-2, 3, size=(400, 3)).astype(np.float32)
+    else:
+        x = g.normal(size=(400, 3)).astype(np.float32)
+    y = g.integers(0, 40, 400)
+    ks = (1, 140, 200, 300)
+    got = evaluate(x, y, metrics=["recall"], recall_ks=ks, distance=distance,
+                   memory_budget=400_000)
+    want = brute_retrieval(x, y, recall_ks=ks, distance=distance)
+    for k in ks:
+        assert got[f"recall@{k}"] == pytest.approx(want[f"recall@{k}"], abs=1e-12), k
+
+
+def test_counting_and_listing_give_the_same_recall(monkeypatch):
+    module = importlib.import_module("fairdml.eval.evaluate")
+    g = np.random.default_rng(9)
+    x = g.normal(size=(300, 2)).astype(np.float32)
+    y = g.integers(0, 30, 300)
+    q = g.normal(size=(50, 2)).astype(np.float32)
+    ql = g.integers(0, 35, 50)
+    ks = (1, 5, 20, 60)
+    for kwargs in ({}, {"queries": q, "query_labels": ql}):
+        listed = evaluate(x, y, metrics=["recall"], recall_ks=ks, **kwargs)
+        monkeypatch.setattr(module, "_LIST_DEPTH", 0)
+        counted = evaluate(x, y, metrics=["recall"], recall_ks=ks, **kwargs)
+        monkeypatch.undo()
+        assert listed == counted

@@ -12,6 +12,7 @@ import torch
 from fairdml.eval.clustering import clustering_metrics
 from fairdml.eval.inputs import check_distance, normalise, prepare_inputs
 from fairdml.eval.metrics import (
+    best_relevant,
     full_average_precision,
     relevant_counts,
     retrieval_from_neighbors,
@@ -20,6 +21,7 @@ from fairdml.eval.neighbors import DEFAULT_MEMORY_BUDGET, iter_neighbors
 
 METRICS = ("recall", "r_precision", "map@r", "map", "nmi", "f1")
 _AUTO_PROGRESS_WORK = 2e10
+_LIST_DEPTH = 128  # recall@K with K above this (and above max R) is counted, not listed
 
 
 def parse_metrics(
@@ -185,16 +187,26 @@ def _retrieval(
     available = gallery.shape[0] - (1 if query is None else 0)
     out: dict[str, float] = {}
     if (ks or need_r) and available >= 1:
-        depth = max(ks, default=1)
-        if need_r:
-            depth = max(depth, int(counts.max()))
+        # The neighbour list holds max R (for the R metrics) and small Ks; recall@K for
+        # larger K comes from counting the items ranked before the best relevant one.
+        depth = int(counts.max()) if need_r else 0
+        deep_ks = [k for k in ks if k > max(depth, _LIST_DEPTH)]
+        depth = max([depth] + [k for k in ks if k not in deep_ks])
+        depth = min(max(depth, 1), available)
+        rank_of = None
+        if deep_ks:
+            rank_of = best_relevant(
+                gallery if query is None else query, gallery, query_codes, gallery_codes,
+                same_set=query is None, distance=distance, memory_budget=budget // 4,
+            )
         blocks = iter_neighbors(
             gallery,
-            min(depth, available),
+            depth,
             queries=query,
             distance=distance,
             memory_budget=budget,
             on_step=make_step("nearest neighbours"),
+            rank_of=rank_of,
         )
         out = retrieval_from_neighbors(blocks, gallery_codes, query_codes, counts, ks, need_r)
         for name in ("r_precision", "map@r"):

@@ -56,9 +56,14 @@ class RetrievalSums:
     num_skipped: int = 0
 
     def add_block(
-        self, relevance: torch.Tensor, counts: torch.Tensor, need_r_metrics: bool
+        self,
+        relevance: torch.Tensor,
+        counts: torch.Tensor,
+        need_r_metrics: bool,
+        above: torch.Tensor | None = None,
     ) -> None:
-        """``relevance``: (n, depth) booleans of the ranked neighbours; ``counts``: R."""
+        """``relevance``: (n, depth) booleans of the ranked neighbours; ``counts``: R;
+        ``above``: items ranked before the best relevant item (for K beyond the depth)."""
         valid = counts > 0
         self.num_skipped += int((~valid).sum())
         self.num_queries += int(valid.sum())
@@ -66,8 +71,19 @@ class RetrievalSums:
             return
         rel = relevance[valid]
         r = counts[valid]
+        depth = rel.shape[1]
+        first_rank = None
+        if above is not None:
+            # Rank of the first relevant item: from the list when it is there (exact),
+            # else one past the items counted before it.
+            in_list = rel.any(dim=1)
+            first_in_list = torch.argmax(rel.to(torch.int8), dim=1) + 1
+            first_rank = torch.where(in_list, first_in_list, above[valid] + 1)
         for k in self.recall_ks:
-            hit = rel[:, : min(k, rel.shape[1])].any(dim=1)
+            if k > depth and first_rank is not None:
+                hit = first_rank <= k
+            else:
+                hit = rel[:, : min(k, depth)].any(dim=1)
             self.recall[k] = self.recall.get(k, 0) + int(hit.sum())
         if need_r_metrics:
             depth = rel.shape[1]
@@ -100,16 +116,65 @@ def retrieval_from_neighbors(
     recall_ks: Sequence[int],
     need_r_metrics: bool,
 ) -> dict[str, float]:
-    """recall@K, r_precision and map@r from neighbour blocks of depth >= max(K, R)."""
+    """recall@K, r_precision and map@r from neighbour blocks of depth >= max R (when the
+    R metrics are asked for); recall@K for K beyond the depth needs ``block.above``."""
     sums = RetrievalSums(recall_ks=list(recall_ks))
     for block in blocks:
         rows = slice(block.start, block.start + block.indices.shape[0])
         relevance = gallery_codes[block.indices] == query_codes[rows, None]
-        sums.add_block(relevance, counts[rows], need_r_metrics)
+        sums.add_block(relevance, counts[rows], need_r_metrics, block.above)
     out = sums.result(need_r_metrics)
     out["num_queries"] = float(sums.num_queries)
     out["num_skipped_queries"] = float(sums.num_skipped)
     return out
+
+
+def best_relevant(
+    rows_emb: torch.Tensor,
+    gallery: torch.Tensor,
+    query_codes: torch.Tensor,
+    gallery_codes: torch.Tensor,
+    *,
+    same_set: bool,
+    distance: str,
+    memory_budget: int,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Score and index of every query's best relevant item (highest score, lowest index).
+
+    Computed class by class (each query against the gallery items of its label only), so
+    its cost is the sum of R over queries. Queries with R = 0 get (+inf, -1).
+    """
+    n, dim = rows_emb.shape
+    order = torch.argsort(gallery_codes, stable=True)
+    num_classes = int(max(int(gallery_codes.max()), int(query_codes.max()))) + 1
+    sizes = torch.bincount(gallery_codes, minlength=num_classes)
+    starts = torch.cumsum(sizes, 0) - sizes
+    width = max(int(sizes.max()), 1)
+    target = torch.full((n,), float("inf"), dtype=rows_emb.dtype, device=rows_emb.device)
+    target_index = torch.full((n,), -1, dtype=torch.int64, device=rows_emb.device)
+    step = max(1, memory_budget // (8 * width * (dim + 4) * rows_emb.element_size()))
+    offsets = torch.arange(width, device=rows_emb.device)
+    for s in range(0, n, step):
+        e = min(n, s + step)
+        codes = query_codes[s:e]
+        slot = starts[codes][:, None] + offsets[None, :]
+        real = offsets[None, :] < sizes[codes][:, None]
+        members = order[slot.clamp_max(gallery.shape[0] - 1)]
+        if same_set:
+            real &= members != torch.arange(s, e, device=rows_emb.device)[:, None]
+        vectors = gallery[members]
+        q = rows_emb[s:e]
+        scores = torch.einsum("nd,nwd->nw", q, vectors)
+        if distance == "euclidean":
+            scores = 2 * scores - (q * q).sum(1)[:, None] - (vectors * vectors).sum(-1)
+        scores = scores.masked_fill(~real, float("-inf"))
+        best = scores.max(dim=1).values
+        is_best = (scores == best[:, None]) & real
+        index = torch.where(is_best, members, torch.full_like(members, gallery.shape[0]))
+        found = real.any(dim=1)
+        target[s:e] = torch.where(found, best, torch.full_like(best, float("inf")))
+        target_index[s:e] = torch.where(found, index.min(dim=1).values, -1)
+    return target, target_index
 
 
 def _relevant_scores(scorer, r, col_parts, codes_r, gallery_codes, same_set):

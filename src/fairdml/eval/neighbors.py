@@ -47,11 +47,16 @@ _SPARSE_MAX_FRACTION = 0.2
 
 @dataclass(frozen=True)
 class NeighborBlock:
-    """The neighbours of query rows ``start .. start + len(indices) - 1``, best first."""
+    """The neighbours of query rows ``start .. start + len(indices) - 1``, best first.
+
+    ``above`` (only with ``rank_of``) counts, per row, the gallery items ranked before the
+    item ``rank_of`` names (see :class:`RankCounter`).
+    """
 
     start: int
     scores: torch.Tensor
     indices: torch.Tensor
+    above: torch.Tensor | None = None
 
 
 def lexsort_rows(values: torch.Tensor, indices: torch.Tensor, k: int) -> tuple[torch.Tensor, ...]:
@@ -212,6 +217,53 @@ class RunningTopK:
         return sort_rows(self.values[rows, : self.k], self.indices[rows, : self.k].long())
 
 
+class RankCounter:
+    """Counts, for each query row, the gallery items ranked before one given item.
+
+    For row q with target score ``t_q`` and target index ``j_q`` (e.g. its best relevant
+    item), it counts items g != q, g != j_q with score > t_q, or score == t_q and g < j_q
+    (the ranking's tie rule). With the target computed outside the block products (as
+    :func:`fairdml.eval.metrics.best_relevant` does), a score within float rounding of
+    ``t_q`` can be counted on either side; exact ties are resolved by the rule above.
+    Rows with ``t_q = +inf`` count nothing.
+    """
+
+    def __init__(self, target: torch.Tensor, target_index: torch.Tensor, block: int) -> None:
+        self.target = target
+        self.target_index = target_index
+        self.above = torch.zeros(target.shape[0], dtype=torch.int64, device=target.device)
+        self.buffer = torch.empty(block * block, dtype=target.dtype, device=target.device)
+
+    def _view(self, scores: torch.Tensor) -> torch.Tensor:
+        n, m = scores.shape
+        flat = self.buffer[: n * m]
+        return flat.view(m, n).T if scores.stride(0) < scores.stride(1) else flat.view(n, m)
+
+    def add(self, rows: slice, scores: torch.Tensor, first_column: int) -> None:
+        n, m = scores.shape
+        target = self.target[rows][:, None]
+        flags = self._view(scores)
+        torch.gt(scores, target, out=flags)
+        greater = flags.sum(dim=1)
+        torch.ge(scores, target, out=flags)
+        at_least = flags.sum(dim=1)
+        counts = greater.round().long()
+        # The target item itself is never counted, whatever its score here.
+        local = self.target_index[rows] - first_column
+        inside = torch.nonzero((local >= 0) & (local < m)).flatten()
+        if inside.numel():
+            own = scores[inside, local[inside]]
+            counts[inside] -= (own > target[inside, 0]).long()
+            at_least[inside] -= (own >= target[inside, 0]).to(at_least.dtype)
+        tied = torch.nonzero(at_least > greater).flatten()
+        if tied.numel():
+            columns = torch.arange(first_column, first_column + m, device=scores.device)
+            equal = scores[tied] == target[tied]
+            before = columns[None, :] < self.target_index[rows][tied, None]
+            counts[tied] += (equal & before).sum(dim=1)
+        self.above[rows] += counts
+
+
 def _block_bytes(block: int, k: int, itemsize: int) -> int:
     # score buffer + mask, nonzero output at the sparse limit, and the merge temporaries
     # (about three (block, 2k) arrays of value + int64 index).
@@ -283,6 +335,7 @@ def iter_neighbors(
     symmetric: bool | None = None,
     block_size: int | None = None,
     on_step: Callable[[int, int], None] | None = None,
+    rank_of: tuple[torch.Tensor, torch.Tensor] | None = None,
 ) -> Iterator[NeighborBlock]:
     """Yield the exact ``k`` nearest gallery items of every query, one block of rows at a time.
 
@@ -290,7 +343,9 @@ def iter_neighbors(
     every gallery item queries all the others (same-set). ``symmetric`` forces the
     symmetric (True) or plain (False) same-set path; ``None`` picks symmetric when its
     state fits ``memory_budget``. ``block_size`` overrides the block edge derived from the
-    budget. ``on_step(done, total)`` reports progress in score blocks.
+    budget. ``on_step(done, total)`` reports progress in score blocks. ``rank_of = (target
+    score, target index)`` per query row adds a :class:`RankCounter` in the same pass
+    (``NeighborBlock.above``).
     """
     same_set = queries is None
     rows = gallery if same_set else queries
@@ -308,19 +363,25 @@ def iter_neighbors(
         symmetric = state_bytes <= 0.6 * memory_budget
     if block_size is None:
         left = memory_budget - (state_bytes if (same_set and symmetric) else 0)
-        block = choose_block(max(n_rows, n_cols), k, itemsize, max(left, memory_budget // 4))
+        counting = 0 if rank_of is None else itemsize  # the RankCounter's flag buffer
+        block = choose_block(
+            max(n_rows, n_cols), k, itemsize + counting, max(left, memory_budget // 4)
+        )
     else:
         if block_size < 1:
             raise ValueError(f"block_size must be positive, got {block_size}")
         block = block_size
     scorer = _ScoreBlocks(rows, gallery, distance, block)
+    counter = None if rank_of is None else RankCounter(rank_of[0], rank_of[1], block)
     if same_set and symmetric:
-        yield from _symmetric(scorer, n_rows, k, block, distance, on_step)
+        yield from _symmetric(scorer, counter, n_rows, k, block, distance, on_step)
     else:
-        yield from _plain(scorer, n_rows, n_cols, k, block, same_set, distance, on_step)
+        yield from _plain(
+            scorer, counter, n_rows, n_cols, k, block, same_set, distance, on_step
+        )
 
 
-def _symmetric(scorer, n, k, block, distance, on_step) -> Iterator[NeighborBlock]:
+def _symmetric(scorer, counter, n, k, block, distance, on_step) -> Iterator[NeighborBlock]:
     parts = _bounds(n, block)
     total = len(parts) * (len(parts) + 1) // 2
     done = 0
@@ -329,6 +390,8 @@ def _symmetric(scorer, n, k, block, distance, on_step) -> Iterator[NeighborBlock
         scores = scorer.compute(p, p)
         _exclude_self(scores)
         state.add_dense(p, scores, p.start)
+        if counter is not None:
+            counter.add(p, scores, p.start)
         done += 1
         if on_step:
             on_step(done, total)
@@ -337,14 +400,18 @@ def _symmetric(scorer, n, k, block, distance, on_step) -> Iterator[NeighborBlock
             scores = scorer.compute(p, q)
             state.add(p, scores, q.start, scorer.mask_for(scores))
             state.add(q, scores.T, p.start, scorer.mask_for(scores.T))
+            if counter is not None:
+                counter.add(p, scores, q.start)
+                counter.add(q, scores.T, p.start)
             done += 1
             if on_step:
                 on_step(done, total)
         values, indices = state.finish(p)
-        yield NeighborBlock(p.start, _finalise(values, distance), indices)
+        above = None if counter is None else counter.above[p]
+        yield NeighborBlock(p.start, _finalise(values, distance), indices, above)
 
 
-def _plain(scorer, n_rows, n_cols, k, block, same_set, distance, on_step):
+def _plain(scorer, counter, n_rows, n_cols, k, block, same_set, distance, on_step):
     row_parts = _bounds(n_rows, block)
     col_parts = _bounds(n_cols, block)
     total = len(row_parts) * len(col_parts)
@@ -366,11 +433,14 @@ def _plain(scorer, n_rows, n_cols, k, block, same_set, distance, on_step):
                 state.add_dense(local, scores, c.start)
             else:
                 state.add(local, scores, c.start, scorer.mask_for(scores))
+            if counter is not None:
+                counter.add(r, scores, c.start)
             done += 1
             if on_step:
                 on_step(done, total)
         values, indices = state.finish(local)
-        yield NeighborBlock(r.start, _finalise(values, distance), indices)
+        above = None if counter is None else counter.above[r]
+        yield NeighborBlock(r.start, _finalise(values, distance), indices, above)
 
 
 def exact_knn(
