@@ -86,7 +86,9 @@ COUNTERPARTS: dict[str, Counterpart] = {
         note="margin 0.2, semihard triplet_margin miner"),
     "lifted_structure": Counterpart(
         pml=lambda c, d: pml.LiftedStructureLoss(neg_margin=1.0, pos_margin=0.0),
-        pml_label="LiftedStructureLoss"),
+        pml_label="LiftedStructureLoss", pml_max_batch=256,
+        note="PML builds a (positive pairs) x (negative pairs) matrix: out of memory "
+             "(> 20 GB) at 1024"),
     "generalized_lifted": Counterpart(
         pml=lambda c, d: pml.GeneralizedLiftedStructureLoss(neg_margin=1.0, pos_margin=0.0),
         pml_label="GeneralizedLiftedStructureLoss"),
