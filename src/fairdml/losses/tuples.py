@@ -183,7 +183,7 @@ class NPairsLoss(torch.nn.Module):
 @register("angular")
 class AngularLoss(torch.nn.Module):
     """Angular loss (Wang, Zhou, Wen, Liu, Lin, "Deep Metric Learning with Angular Loss",
-    ICCV 2017), N-pair form (their Eq. 8), on L2-normalised embeddings.
+    ICCV 2017), in its N-pair form, on L2-normalised embeddings.
 
     For every positive pair (a, p) and every negative n of the anchor's class::
 
@@ -250,9 +250,9 @@ class NTXentLoss(torch.nn.Module):
     so the whole loss is one matmul, one masked row-logsumexp and one soft-plus on the
     ``B x B`` matrix (pytorch-metric-learning builds a (positive pairs) x (negative pairs)
     matrix instead). Default tau = 0.07, the InfoNCE temperature of InstDisc (Wu et al.,
-    CVPR 2018) and MoCo (He et al., CVPR 2020); SimCLR reports 0.1 as best with L2
-    normalisation (its Table 5). An anchor without negatives contributes 0; no positive
-    pair gives 0 with zero gradient.
+    CVPR 2018) and MoCo (He et al., CVPR 2020), and pytorch-metric-learning's default;
+    SupCon (Khosla et al. 2020) uses 0.1. An anchor without negatives contributes 0; no
+    positive pair gives 0 with zero gradient.
     """
 
     def __init__(self, temperature: float = 0.07) -> None:
