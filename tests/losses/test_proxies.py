@@ -314,6 +314,21 @@ def test_autocast_does_not_change_the_float32_value(name):
 
 
 @pytest.mark.parametrize("name", PROXY_LOSSES)
+def test_half_precision_embeddings_give_the_float32_loss(name):
+    """float16 / bfloat16 embeddings outside autocast: computed in float32, finite."""
+    torch.manual_seed(0)
+    loss = create(name, num_classes=NUM_CLASSES, embedding_dim=DIM)
+    embeddings, labels = batch(torch.float32)
+    for dtype in (torch.float16, torch.bfloat16):
+        low = embeddings.to(dtype).requires_grad_(True)
+        value = loss(low, labels)
+        assert value.dtype == torch.float32
+        torch.testing.assert_close(value, loss(low.detach().float(), labels))
+        value.backward()
+        assert low.grad.dtype == dtype and torch.isfinite(low.grad).all()
+
+
+@pytest.mark.parametrize("name", PROXY_LOSSES)
 def test_labels_outside_the_class_range_are_refused(name):
     loss = create(name, num_classes=NUM_CLASSES, embedding_dim=DIM)
     embeddings = torch.randn(4, DIM)
