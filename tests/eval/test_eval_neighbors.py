@@ -97,3 +97,15 @@ def test_select_topk_is_exact_under_heavy_ties():
     want_v, want_i = lexsort_rows(values, indices, 7)
     assert torch.equal(torch.sort(got_i, dim=1).values, torch.sort(want_i, dim=1).values)
     assert torch.equal(torch.sort(got_v, dim=1).values, torch.sort(want_v, dim=1).values)
+
+
+def test_rows_with_more_candidates_than_the_buffer_stay_exact(monkeypatch):
+    import fairdml.eval.neighbors as neighbors
+
+    monkeypatch.setattr(neighbors, "_MIN_BUFFER", 1)
+    monkeypatch.setattr(neighbors, "_SPARSE_MAX_FRACTION", 1.0)
+    g = torch.Generator().manual_seed(6)
+    x = torch.randint(-1, 2, (120, 3), generator=g).float()
+    for symmetric in (True, False):
+        _, idx = exact_knn(x, 5, distance="euclidean", symmetric=symmetric, block_size=40)
+        assert np.array_equal(idx.numpy(), _reference(x, x, 5, True, "euclidean"))

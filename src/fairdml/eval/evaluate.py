@@ -189,10 +189,12 @@ def _retrieval(
     if (ks or need_r) and available >= 1:
         # The neighbour list holds max R (for the R metrics) and small Ks; recall@K for
         # larger K comes from counting the items ranked before the best relevant one.
-        depth = int(counts.max()) if need_r else 0
-        deep_ks = [k for k in ks if k > max(depth, _LIST_DEPTH)]
-        depth = max([depth] + [k for k in ks if k not in deep_ks])
-        depth = min(max(depth, 1), available)
+        # Once counting runs, every K beyond max R is counted: the list stays short.
+        base = max(int(counts.max()) if need_r else 1, 1)
+        deep_ks = [k for k in ks if k > base]
+        if max(ks, default=0) <= max(base, _LIST_DEPTH):
+            deep_ks = []
+        depth = min(max([base] + [k for k in ks if k not in deep_ks]), available)
         rank_of = None
         if deep_ks:
             rank_of = best_relevant(

@@ -27,8 +27,8 @@ example the first one of each row, use ``topk``).
 Memory: ``memory_budget`` bytes (default 1 GiB) bound the extra memory beyond the
 normalised copy of the embeddings and the returned ``(n, k)`` arrays: the score block
 ``B x B`` (4 bytes each, plus a 1-byte mask), the candidates, and, on the symmetric path
-only, the running top-k of all ``N`` rows (``N * 2k * 8`` bytes with int32 indices, a
-top-k and a candidate buffer; the plain path holds it for one block of rows). Numbers do
+only, the running top-k of all ``N`` rows (``N * (k + max(k, 256)) * 8`` bytes with int32
+indices, a top-k and a candidate buffer; the plain path holds it for one block of rows). Numbers do
 not depend on the block size except through float summation order inside the matrix
 product, which can move a score by an ulp.
 """
@@ -43,6 +43,7 @@ import torch
 DEFAULT_MEMORY_BUDGET = 1 << 30
 _MIN_BLOCK = 64
 _SPARSE_MAX_FRACTION = 0.2
+_MIN_BUFFER = 256
 
 
 @dataclass(frozen=True)
@@ -113,8 +114,8 @@ def select_topk(values: torch.Tensor, indices: torch.Tensor, k: int) -> tuple[to
 class RunningTopK:
     """The best ``k`` (score, gallery index) pairs seen so far for ``n`` query rows.
 
-    Each row holds its top-k in columns ``[0, k)`` and a buffer of up to ``k`` pending
-    candidates in columns ``[k, 2k)``; the buffer is merged (exact selection over 2k) only
+    Each row holds its top-k in columns ``[0, k)`` and a buffer of up to ``W = max(k, 256)``
+    pending candidates after them; the buffer is merged (exact selection over k + W) only
     when it would overflow, so a merge happens a few times per row instead of once per
     block. The pre-filter threshold is the k-th score at the last merge: a lower bound of
     the current one, so no candidate that could enter is ever filtered out.
@@ -124,13 +125,16 @@ class RunningTopK:
         self, n: int, k: int, n_gallery: int, dtype: torch.dtype, device: torch.device
     ) -> None:
         self.k = k
+        self.width = max(k, _MIN_BUFFER)
         self.index_dtype = torch.int32 if n_gallery < 2**31 - 1 else torch.int64
         self.placeholder = torch.iinfo(self.index_dtype).max
         # Placeholders (-inf, max index) sort after every real candidate; all are replaced
         # because every row has at least k real candidates.
-        self.values = torch.full((n, 2 * k), float("-inf"), dtype=dtype, device=device)
+        self.values = torch.full(
+            (n, k + self.width), float("-inf"), dtype=dtype, device=device
+        )
         self.indices = torch.full(
-            (n, 2 * k), self.placeholder, dtype=self.index_dtype, device=device
+            (n, k + self.width), self.placeholder, dtype=self.index_dtype, device=device
         )
         self.fill = torch.zeros(n, dtype=torch.int64, device=device)
         self.threshold = torch.full((n,), float("-inf"), dtype=dtype, device=device)
@@ -153,7 +157,7 @@ class RunningTopK:
         """Append candidates grouped by (local) row id; ``counts[i]`` of them for row i."""
         k = self.k
         base = torch.arange(rows.start, rows.stop, device=self.fill.device)
-        overflow = self.fill[rows] + counts > k
+        overflow = self.fill[rows] + counts > self.width
         if bool(overflow.any()):
             self._merge(base[overflow])
         starts = torch.cumsum(counts, 0) - counts
@@ -201,12 +205,24 @@ class RunningTopK:
         else:
             row_ids, column_ids = torch.nonzero(mask).unbind(1)
         counts = torch.bincount(row_ids, minlength=n)
-        if int(counts.max()) > self.k:
-            self.add_dense(rows, scores, first_column)
-            return
-        self._append(
-            rows, row_ids, scores[row_ids, column_ids], column_ids + first_column, counts
-        )
+        values, indices = scores[row_ids, column_ids], column_ids + first_column
+        crowded = counts > self.width
+        if bool(crowded.any()):
+            # Rows with more candidates than the buffer holds offer their block top-k.
+            keep = ~crowded[row_ids]
+            row_ids, values, indices = row_ids[keep], values[keep], indices[keep]
+            dense_rows = torch.nonzero(crowded).flatten()
+            columns = torch.arange(first_column, first_column + m, device=scores.device)
+            best_values, best_indices = select_topk(
+                scores[dense_rows], columns.expand(dense_rows.numel(), m), self.k
+            )
+            row_ids = torch.cat([row_ids, dense_rows.repeat_interleave(self.k)])
+            values = torch.cat([values, best_values.reshape(-1)])
+            indices = torch.cat([indices, best_indices.reshape(-1)])
+            order = torch.argsort(row_ids, stable=True)
+            row_ids, values, indices = row_ids[order], values[order], indices[order]
+            counts = torch.where(crowded, self.k, counts)
+        self._append(rows, row_ids, values, indices, counts)
 
     def finish(self, rows: slice) -> tuple[torch.Tensor, torch.Tensor]:
         """The rows' neighbours sorted best first (value desc, index asc)."""
@@ -269,7 +285,7 @@ def _block_bytes(block: int, k: int, itemsize: int) -> int:
     # (about three (block, 2k) arrays of value + int64 index).
     scores = block * block * (itemsize + 1)
     candidates = 16 * int(_SPARSE_MAX_FRACTION * block * block)
-    merges = 3 * block * 2 * k * (itemsize + 8)
+    merges = 3 * block * (k + max(k, _MIN_BUFFER)) * (itemsize + 8)
     return scores + candidates + merges
 
 
@@ -358,7 +374,7 @@ def iter_neighbors(
     if memory_budget <= 0:
         raise ValueError(f"memory_budget must be a positive number of bytes, got {memory_budget}")
     itemsize = rows.element_size()
-    state_bytes = 2 * n_rows * k * (itemsize + 4)
+    state_bytes = n_rows * (k + max(k, _MIN_BUFFER)) * (itemsize + 4)
     if same_set and symmetric is None:
         symmetric = state_bytes <= 0.6 * memory_budget
     if block_size is None:
