@@ -164,8 +164,8 @@ class TripletLoss(_MinedLoss):
 
     The hinge loss over a band of triplets is computed without enumerating them: per
     anchor the negative distances are sorted once, and for each positive the active
-    negatives ``d(a, n) < d(a, p) + margin`` form a prefix whose loss is
-    ``count * (d_ap + margin) - prefix_sum`` (O(B^2 log B) time, O(B^2) memory).
+    negatives ``d(a, n) < d(a, p) + margin`` form a run of sorted positions; the loss is
+    then a count-weighted sum of distances (O(B^2 log B) time, O(B^2) memory).
     The soft-plus variant has no such closed form: it visits every (positive pair,
     negative) candidate, in chunks of bounded size.
     """
@@ -214,30 +214,36 @@ def _hinge_triplet_band(d: torch.Tensor, positive: torch.Tensor, negative: torch
     """Sum and number of the non-zero ``[d_ap - d_an + margin]_+`` over a triplet band.
 
     Triplets: ``positive[a, p]``, ``negative[a, n]``, ``low < d_an - d_ap <= high``; the
-    hinge is non-zero iff ``d_an < d_ap + margin``. Per anchor, the negatives' sorted
-    distances turn each condition into a searchsorted index.
+    hinge is non-zero iff ``d_an < d_ap + margin``. Per anchor, the negatives' distances
+    are sorted once (no gradient); each positive's active negatives are then a run
+    ``lower <= k < upper`` of sorted positions, found by ``searchsorted``. The sum of the
+    active hinges is linear in the distances,
+    ``sum_ap c_ap (d_ap + margin) - sum_an c_an d_an``, with integer counts
+    ``c_ap`` (active negatives of the pair) and ``c_an`` (positives for which n is active,
+    a difference array over the runs), so autograd never goes through the sort.
     """
-    inf = torch.full_like(d, math.inf)
-    sorted_negatives = torch.where(negative, d, inf).sort(dim=1).values
-    key = sorted_negatives.detach()
-    # The prefix sums run in float64: a difference of two long float32 sums would lose
-    # ~1e-4 of absolute precision at batch 1024.
-    finite = torch.where(negative.sum(1, keepdim=True) > torch.arange(
-        d.shape[1], device=d.device), sorted_negatives, torch.zeros_like(d))
-    prefix = F.pad(torch.cumsum(finite.double(), dim=1), (1, 0))
-    d_ap = d.detach()
-    upper = torch.searchsorted(key, d_ap + margin, right=False)
-    if high < math.inf:
-        upper = torch.minimum(upper, torch.searchsorted(key, d_ap + high, right=True))
-    if low > -math.inf:
-        lower = torch.minimum(torch.searchsorted(key, d_ap + low, right=True), upper)
-    else:
-        lower = torch.zeros_like(upper)
-    count = torch.where(positive, upper - lower, torch.zeros_like(upper))
-    band_sum = prefix.gather(1, upper) - prefix.gather(1, lower)
-    per_pair = count.double() * (d.double() + margin) - band_sum
-    total = torch.where(positive, per_pair, torch.zeros_like(per_pair)).sum()
-    return total.to(d.dtype), count.sum()
+    batch, columns = d.shape
+    with torch.no_grad():
+        key, order = torch.where(negative, d, torch.full_like(d, math.inf)).sort(dim=1)
+        d_ap = d.detach()
+        upper = torch.searchsorted(key, d_ap + margin, right=False)
+        if high < math.inf:
+            upper = torch.minimum(upper, torch.searchsorted(key, d_ap + high, right=True))
+        if low > -math.inf:
+            lower = torch.minimum(torch.searchsorted(key, d_ap + low, right=True), upper)
+        else:
+            lower = torch.zeros_like(upper)
+        upper = torch.where(positive, upper, lower)
+        count_ap = upper - lower
+        runs = torch.zeros(batch, columns + 1, dtype=torch.long, device=d.device)
+        ones = positive.long()
+        runs.scatter_add_(1, lower, ones).scatter_add_(1, upper, -ones)
+        per_sorted_negative = runs.cumsum(dim=1)[:, :columns]
+        count_an = torch.zeros_like(count_ap).scatter_(1, order, per_sorted_negative)
+        weights = (count_ap - count_an).to(torch.float64)
+        count = count_ap.sum()
+    total = (weights * d.double()).sum() + margin * count.double()
+    return total.to(d.dtype), count
 
 
 def _soft_triplet_band(d: torch.Tensor, positive: torch.Tensor, negative: torch.Tensor,
