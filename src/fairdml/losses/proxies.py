@@ -120,26 +120,35 @@ class _CosineMatrix(torch.autograd.Function):
     The backward projects the incoming gradient onto the tangent space of each unit row,
     ``dL/dx = (g - x_hat <g, x_hat>) / |x|`` with ``g = dL/dx_hat``: three passes over
     each input instead of the eight or so that autograd spends on ``F.normalize``.
+    With ``p_is_unit`` the rows of ``p`` are taken as already unit-norm (normalised by the
+    caller, who needs them for something else too) and get the plain matmul gradient.
     """
 
     @staticmethod
-    def forward(ctx, x: torch.Tensor, p: torch.Tensor) -> torch.Tensor:
+    def forward(ctx, x: torch.Tensor, p: torch.Tensor, p_is_unit: bool) -> torch.Tensor:
         x_norm = torch.linalg.vector_norm(x, dim=1, keepdim=True).clamp_min(_NORM_EPS)
-        p_norm = torch.linalg.vector_norm(p, dim=1, keepdim=True).clamp_min(_NORM_EPS)
-        x_unit, p_unit = x / x_norm, p / p_norm
+        x_unit = x / x_norm
+        if p_is_unit:
+            p_unit, p_norm = p, None
+        else:
+            p_norm = torch.linalg.vector_norm(p, dim=1, keepdim=True).clamp_min(_NORM_EPS)
+            p_unit = p / p_norm
         ctx.save_for_backward(x_unit, p_unit, x_norm, p_norm)
         return x_unit @ p_unit.T
 
     @staticmethod
     @once_differentiable
-    def backward(ctx, grad: torch.Tensor) -> tuple[torch.Tensor | None, torch.Tensor | None]:
+    def backward(ctx, grad: torch.Tensor
+                 ) -> tuple[torch.Tensor | None, torch.Tensor | None, None]:
         x_unit, p_unit, x_norm, p_norm = ctx.saved_tensors
         grad_x = grad_p = None
         if ctx.needs_input_grad[0]:
             grad_x = _tangent(grad @ p_unit, x_unit, x_norm)
         if ctx.needs_input_grad[1]:
-            grad_p = _tangent(grad.T @ x_unit, p_unit, p_norm)
-        return grad_x, grad_p
+            grad_p = grad.T @ x_unit
+            if p_norm is not None:
+                grad_p = _tangent(grad_p, p_unit, p_norm)
+        return grad_x, grad_p, None
 
 
 _NORM_EPS = 1e-12  # as F.normalize
@@ -151,9 +160,13 @@ def _tangent(grad_unit: torch.Tensor, unit: torch.Tensor, norm: torch.Tensor) ->
     return torch.addcmul(grad_unit, unit, radial, value=-1.0).div_(norm)
 
 
-def cosine_matrix(x: torch.Tensor, p: torch.Tensor) -> torch.Tensor:
-    """(B, R) cosine similarities between the rows of ``x`` (B, D) and ``p`` (R, D)."""
-    return _CosineMatrix.apply(x, p)
+def cosine_matrix(x: torch.Tensor, p: torch.Tensor, *, p_is_unit: bool = False
+                  ) -> torch.Tensor:
+    """(B, R) cosine similarities between the rows of ``x`` (B, D) and ``p`` (R, D).
+
+    ``p_is_unit=True``: the rows of ``p`` are unit vectors already (not re-normalised).
+    """
+    return _CosineMatrix.apply(x, p, p_is_unit)
 
 
 class _SoftMaxPooling(torch.autograd.Function):
@@ -428,27 +441,34 @@ class SoftTripleLoss(ProxyLoss):
 
     def compute(self, embeddings: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
         k = self.centers_per_class
+        regularized = self.tau > 0 and k > 1
         centres = self.proxies.to(embeddings.dtype)
+        if regularized:  # normalised once, for the similarities and the regulariser
+            centres = l2_normalize(centres.reshape(-1, self.embedding_dim)).view_as(centres)
         by_centre = centres.transpose(0, 1).reshape(-1, self.embedding_dim)  # row k*C + c
-        similarity = cosine_matrix(embeddings, by_centre).view(-1, k, self.num_classes)
-        class_similarity = _SoftMaxPooling.apply(similarity, 1.0 / self.gamma)
+        similarity = cosine_matrix(embeddings, by_centre, p_is_unit=regularized)
+        class_similarity = _SoftMaxPooling.apply(
+            similarity.view(-1, k, self.num_classes), 1.0 / self.gamma)
         margins = class_similarity.new_full((len(labels), 1), -self.margin)
         logits = self.la * class_similarity.scatter_add(1, labels[:, None], margins)
         loss = F.cross_entropy(logits, labels)
-        if self.tau > 0 and k > 1:
-            loss = loss + self.tau * self.centre_regularizer(
-                l2_normalize(centres.reshape(-1, self.embedding_dim)))
+        if regularized:
+            loss = loss + self.tau * self.centre_regularizer(centres)
         return loss
 
     def centre_regularizer(self, unit_centres: torch.Tensor) -> torch.Tensor:
-        """``R`` above: mean-scaled distance between the centres of each class."""
+        """``R`` above from the (C, K, D) unit centres.
+
+        The sum over ``t < s`` is half the sum over ``t != s`` of the full per-class Gram
+        matrix (symmetric), which avoids gathering the upper triangle; the diagonal
+        (``sqrt(eps)``, finite gradient) is masked out.
+        """
         k = self.centers_per_class
-        per_class = unit_centres.view(self.num_classes, k, self.embedding_dim)
-        gram = torch.bmm(per_class, per_class.transpose(1, 2))
-        rows, cols = torch.triu_indices(k, k, offset=1, device=gram.device)
-        distances = torch.sqrt((2.0 + _SOFT_TRIPLE_SQRT_EPS - 2.0 * gram[:, rows, cols])
+        gram = torch.bmm(unit_centres, unit_centres.transpose(1, 2))
+        distances = torch.sqrt((2.0 + _SOFT_TRIPLE_SQRT_EPS - 2.0 * gram)
                                .clamp_min(_SOFT_TRIPLE_SQRT_EPS))
-        return distances.sum() / (self.num_classes * k * (k - 1))
+        diagonal = torch.eye(k, dtype=torch.bool, device=gram.device)
+        return distances.masked_fill(diagonal, 0.0).sum() / (2 * self.num_classes * k * (k - 1))
 
     def extra_repr(self) -> str:
         return (f"{super().extra_repr()}, centers_per_class={self.centers_per_class}, "
