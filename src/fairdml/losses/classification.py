@@ -49,9 +49,10 @@ class NormalizedSoftmaxLoss(ProxyLoss):
 
     with bias-free, L2-normalised class weights ``w_c`` (the proxies) and temperature
     ``T = 0.05`` (the paper's default). The weights are initialised as in the authors'
-    code (the default of a bias-free ``nn.Linear``: uniform in ``+-1/sqrt(dim)``). The
-    paper gives no separate learning rate for the class weights: ``lr_multiplier = 1``
-    (tune it: a larger one acts like ProxyNCA++'s fast proxies). Same definition as
+    code (the default of a bias-free ``nn.Linear``: uniform in ``+-1/sqrt(dim)``). Default
+    ``lr_multiplier = 1``: the class weights train at the network's learning rate (no
+    separate rate is part of the method; tune it, a larger one acts like ProxyNCA++'s
+    fast proxies). Same definition as
     pytorch-metric-learning's ``NormalizedSoftmaxLoss``.
     """
 

@@ -338,8 +338,9 @@ class ProxyNCALoss(_ProxyNCABase):
         \qquad d(a, b) = \|a - b\|_2^2
 
     averaged over the batch, with embeddings and proxies L2-normalised (the paper fixes
-    their norms). The paper has no temperature: ``temperature = 1``; proxies share the
-    network's learning rate (``lr_multiplier = 1``). Because the positive is not in the
+    their norms). The paper has no temperature: ``temperature = 1``. Default
+    ``lr_multiplier = 1`` (proxies at the network's learning rate; ProxyNCA++ showed that
+    faster proxies help, see ``proxy_nca_pp``). Because the positive is not in the
     denominator the value can be negative; it is bounded since ``d`` is in [0, 4].
 
     ``positive_in_denominator=True`` puts the positive proxy in the denominator (a proper
