@@ -264,21 +264,34 @@ class RankedListLoss(torch.nn.Module):
 # --------------------------------------------------------------------------------------
 
 
-def _positive_columns(positive: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Column indices of each row's positives, padded to the largest count, and validity.
+def _positive_columns(labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Indices of each item's positives (same label, not itself), padded, and validity.
 
-    Returns ``(index, valid)`` of shape (B, P): ``index[q, a]`` is the ``a``-th positive
-    of row ``q`` where ``valid[q, a]``, an arbitrary column otherwise.
+    Returns ``(index, valid)`` of shape (B, P), P the largest class size minus 1:
+    ``index[q, a]`` is the ``a``-th positive of item ``q`` where ``valid[q, a]``, some item
+    otherwise. Built from one sort of the labels (no B x B temporaries): the positives of
+    ``q`` are the other members of its run in the label-sorted order.
     """
-    counts = positive.sum(dim=1)
-    width = max(int(counts.max()), 1)
-    # The a-th positive of a row goes to slot a; every other column to a spare slot.
-    slot = torch.where(positive, torch.cumsum(positive, dim=1) - 1, width)
-    columns = torch.arange(positive.shape[1], device=positive.device).expand_as(slot)
-    index = torch.zeros(positive.shape[0], width + 1, dtype=torch.long,
-                        device=positive.device).scatter_(1, slot, columns)[:, :width]
-    valid = torch.arange(width, device=positive.device)[None, :] < counts[:, None]
+    order = torch.argsort(labels, stable=True)
+    sorted_labels = labels[order]
+    start = torch.searchsorted(sorted_labels, labels)
+    count = torch.searchsorted(sorted_labels, labels, right=True) - start
+    position = torch.empty_like(order)
+    position[order] = torch.arange(len(labels), device=labels.device)
+    width = max(int(count.max()) - 1, 1)
+    slot = torch.arange(width, device=labels.device)[None, :]
+    slot = slot + (slot >= (position - start)[:, None]).long()  # skip the item itself
+    index = order[(start[:, None] + slot).clamp(max=len(labels) - 1)]
+    valid = torch.arange(width, device=labels.device)[None, :] < (count - 1)[:, None]
     return index, valid
+
+
+def _row_masks(row_labels: torch.Tensor, row_ids: torch.Tensor, labels: torch.Tensor,
+               dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """``(other, positive, negative)`` float masks of a chunk of query rows vs all items."""
+    other = torch.arange(len(labels), device=labels.device)[None, :] != row_ids[:, None]
+    same = labels[None, :] == row_labels[:, None]
+    return other.to(dtype), (same & other).to(dtype), (~same).to(dtype)
 
 
 def _rows_per_chunk(num_positive_columns: int, num_items: int,
@@ -405,21 +418,20 @@ class SmoothAPLoss(torch.nn.Module):
     def forward(self, embeddings: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
         with torch.autocast(embeddings.device.type, enabled=False):
             x = _prepare(embeddings, labels)
-            positive, _ = label_masks(labels)
-            has_positive = positive.any(dim=1)
+            index, valid = _positive_columns(labels)
+            has_positive = valid.any(dim=1)
             if not bool(has_positive.any()):
                 return _zero_loss(embeddings)
-            index, valid = _positive_columns(positive)
-            candidate = 1.0 - torch.eye(len(labels), dtype=x.dtype, device=x.device)
             rows = _rows_per_chunk(index.shape[1], len(labels), self.chunk_size)
             temperature = self.temperature
 
-            def rows_ap(similarity, positive_index, is_valid, is_positive, is_candidate):
-                return _smooth_ap_rows(similarity, positive_index, is_valid, is_positive,
-                                       is_candidate, temperature)
+            def rows_ap(similarity, positive_index, is_valid, row_labels, row_ids):
+                other, positive, _ = _row_masks(row_labels, row_ids, labels, similarity.dtype)
+                return _smooth_ap_rows(similarity, positive_index, is_valid, positive, other,
+                                       temperature)
 
-            ap = _chunked_over_rows(rows_ap, rows, x @ x.T, index, valid,
-                                    positive.to(x.dtype), candidate)
+            ap = _chunked_over_rows(rows_ap, rows, x @ x.T, index, valid, labels,
+                                    torch.arange(len(labels), device=x.device))
             return 1.0 - _mean_over_queries(ap, has_positive)
 
 
@@ -516,36 +528,36 @@ class ROADMAPLoss(torch.nn.Module):
     def forward(self, embeddings: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
         with torch.autocast(embeddings.device.type, enabled=False):
             x = _prepare(embeddings, labels)
-            positive, negative = label_masks(labels)
-            has_positive = positive.any(dim=1)
+            index, valid = _positive_columns(labels)
+            has_positive = valid.any(dim=1)
             if not bool(has_positive.any()):
                 return _zero_loss(embeddings)
             similarity = x @ x.T
             loss = similarity.new_zeros(())
             if self.calibration_weight < 1.0:
+                supap = self._supap(similarity, labels, index, valid)
                 loss = loss + (1.0 - self.calibration_weight) * (
-                    1.0 - _mean_over_queries(self._supap(similarity, positive, negative),
-                                             has_positive))
+                    1.0 - _mean_over_queries(supap, has_positive))
             if self.calibration_weight > 0.0:
-                loss = loss + self.calibration_weight * self._calibration(
-                    similarity, positive, negative)
+                loss = loss + self.calibration_weight * self._calibration(similarity, labels)
             return loss
 
-    def _supap(self, similarity: torch.Tensor, positive: torch.Tensor,
-               negative: torch.Tensor) -> torch.Tensor:
-        index, valid = _positive_columns(positive)
+    def _supap(self, similarity: torch.Tensor, labels: torch.Tensor, index: torch.Tensor,
+               valid: torch.Tensor) -> torch.Tensor:
         rows = _rows_per_chunk(index.shape[1], similarity.shape[1], self.chunk_size)
         settings = (self.temperature, self.slope, self.offset, self.margin)
 
-        def rows_ap(chunk_similarity, positive_index, is_valid, is_positive, is_negative):
-            return _supap_rows(chunk_similarity, positive_index, is_valid, is_positive,
-                               is_negative, *settings)
+        def rows_ap(chunk_similarity, positive_index, is_valid, row_labels, row_ids):
+            _, positive, negative = _row_masks(row_labels, row_ids, labels,
+                                               chunk_similarity.dtype)
+            return _supap_rows(chunk_similarity, positive_index, is_valid, positive,
+                               negative, *settings)
 
-        return _chunked_over_rows(rows_ap, rows, similarity, index, valid,
-                                  positive.to(similarity.dtype), negative.to(similarity.dtype))
+        return _chunked_over_rows(rows_ap, rows, similarity, index, valid, labels,
+                                  torch.arange(len(labels), device=labels.device))
 
-    def _calibration(self, similarity: torch.Tensor, positive: torch.Tensor,
-                     negative: torch.Tensor) -> torch.Tensor:
+    def _calibration(self, similarity: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        positive, negative = label_masks(labels)
         positive_part = mean_of_nonzero(F.relu(self.positive_margin - similarity), positive)
         negative_part = mean_of_nonzero(F.relu(similarity - self.negative_margin), negative)
         return positive_part + negative_part
@@ -635,23 +647,25 @@ class RecallAtKLoss(torch.nn.Module):
             x = _prepare(embeddings, labels)
             if self.simix:
                 x, labels = similarity_mixup(x, labels)
-            positive, _ = label_masks(labels)
-            has_positive = positive.any(dim=1)
+            index, valid = _positive_columns(labels)
+            has_positive = valid.any(dim=1)
             if not bool(has_positive.any()):
                 return _zero_loss(embeddings)
-            index, valid = _positive_columns(positive)
             gallery_size = len(labels) - 1
             ks = x.new_tensor([min(k, gallery_size) for k in self.ks])
             k_temperatures = x.new_tensor(self.k_temperatures)
-            candidate = 1.0 - torch.eye(len(labels), dtype=x.dtype, device=x.device)
             rows = _rows_per_chunk(index.shape[1], len(labels), self.chunk_size)
             rank_temperature = self.rank_temperature
 
-            def rows_recall(similarity, positive_index, is_valid, is_candidate):
-                return _recall_rows(similarity, positive_index, is_valid, is_candidate, ks,
-                                    k_temperatures, rank_temperature)
+            def rows_recall(similarity, positive_index, is_valid, row_ids):
+                other = torch.arange(len(labels), device=row_ids.device)[None, :] \
+                    != row_ids[:, None]
+                return _recall_rows(similarity, positive_index, is_valid,
+                                    other.to(similarity.dtype), ks, k_temperatures,
+                                    rank_temperature)
 
-            recall = _chunked_over_rows(rows_recall, rows, x @ x.T, index, valid, candidate)
+            recall = _chunked_over_rows(rows_recall, rows, x @ x.T, index, valid,
+                                        torch.arange(len(labels), device=x.device))
             return 1.0 - _mean_over_queries(recall, has_positive)
 
 
