@@ -3,7 +3,9 @@ roadmap, recall_at_k.
 
 All losses compare L2-normalised embeddings (the papers' setting), compute in float32 with
 autocast switched off (``exp(x / 0.01)`` in bfloat16 is meaningless), and return 0 with a
-zero gradient when the batch holds nothing to learn from (no positive pair).
+zero gradient when the batch holds nothing to learn from: no positive pair (ranked_list
+still pushes negatives beyond its boundary, as in the paper) or, for histogram, no negative
+pair.
 
 The smooth-rank losses (smooth_ap, roadmap, recall_at_k) need, for every query ``q`` and
 every positive ``p`` of ``q``, a sum over all items ``j`` of a function of
@@ -404,8 +406,10 @@ class SmoothAPLoss(torch.nn.Module):
 
     ``tau = 0.01`` as in the paper. Any labels work (no equal class sizes needed). The
     query is not part of its own retrieval set (the paper's definition);
-    pytorch-metric-learning, like the authors' code, also ranks the query itself as one of
-    its positives, and requires equally sized classes ordered by label.
+    pytorch-metric-learning 2.9.0, like the authors' code, also ranks the query itself as
+    one of its positives, requires equally sized classes ordered by label, and groups the
+    positives in runs of ``num_classes`` items (right only when there are as many classes
+    as samples per class).
     ``chunk_size`` (queries per chunk, default: automatic) bounds memory; see the module
     docstring.
     """
