@@ -2,9 +2,9 @@
 
 k-means (Lloyd) runs on the L2-normalised embeddings, on their device, with k = number
 of classes. Initialisation is D^2 sampling (k-means++, Arthur & Vassilvitskii, SODA 2007)
-drawn in rounds: each round samples ``ceil(k / 64)`` new centres without replacement with
+drawn in rounds: each round samples ``ceil(k / 16)`` new centres without replacement with
 probability proportional to the squared distance to the nearest centre so far, then
-updates those distances with one matrix product. With k <= 64 this is exactly k-means++;
+updates those distances with one matrix product. With k <= 16 this is exactly k-means++;
 at SOP scale (k = 11,316) it costs about one Lloyd iteration instead of k sequential
 passes (the batched variant is in the spirit of k-means||, Bahmani et al., VLDB 2012).
 Lloyd iterations stop when no assignment changes or after ``max_iter``; the default
@@ -27,28 +27,37 @@ import numpy as np
 import torch
 
 KMEANS_WORK_BUDGET = 2e12
-_INIT_ROUNDS = 64
+_INIT_ROUNDS = 16
 
 
 def _chunk_rows(k: int, itemsize: int, budget: int) -> int:
     return max(1, budget // max(1, 2 * k * itemsize))
 
 
-def _nearest(
-    x: torch.Tensor, centers: torch.Tensor, budget: int
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """Index of the nearest centre and the squared distance to it, chunked over rows."""
-    half_sq = 0.5 * (centers * centers).sum(dim=1)
-    x_sq = (x * x).sum(dim=1)
-    step = _chunk_rows(centers.shape[0], x.element_size(), budget)
-    labels = torch.empty(x.shape[0], dtype=torch.int64, device=x.device)
-    dist = torch.empty(x.shape[0], dtype=x.dtype, device=x.device)
-    for s in range(0, x.shape[0], step):
-        scores = torch.addmm(-half_sq[None, :], x[s : s + step], centers.T)
-        best, at = scores.max(dim=1)
-        labels[s : s + step] = at
-        dist[s : s + step] = (x_sq[s : s + step] - 2 * best).clamp_min(0)
-    return labels, dist
+class _Assigner:
+    """Nearest centre of every row of ``x``, by chunked ``x c^T - |c|^2 / 2`` and argmax.
+
+    The score buffer is allocated once and reused (no per-chunk allocation)."""
+
+    def __init__(self, x: torch.Tensor, max_centers: int, budget: int) -> None:
+        self.x = x
+        self.x_sq = (x * x).sum(dim=1)
+        self.step = min(x.shape[0], _chunk_rows(max_centers, x.element_size(), budget))
+        self.buffer = torch.empty(self.step * max_centers, dtype=x.dtype, device=x.device)
+
+    def __call__(self, centers: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Index of the nearest centre and the squared distance to it."""
+        x, k = self.x, centers.shape[0]
+        neg_half_sq = -0.5 * (centers * centers).sum(dim=1)
+        labels = torch.empty(x.shape[0], dtype=torch.int64, device=x.device)
+        best = torch.empty(x.shape[0], dtype=x.dtype, device=x.device)
+        for s in range(0, x.shape[0], self.step):
+            e = min(x.shape[0], s + self.step)
+            scores = self.buffer[: (e - s) * k].view(e - s, k)
+            torch.addmm(neg_half_sq[None, :], x[s:e], centers.T, out=scores)
+            torch.max(scores, dim=1, out=(best[s:e], labels[s:e]))
+        dist = (self.x_sq - 2 * best).clamp_min_(0)
+        return labels, dist
 
 
 def init_centers(
@@ -57,15 +66,16 @@ def init_centers(
     """k distinct rows of ``x`` chosen by D^2 sampling in rounds (see module docstring)."""
     n = x.shape[0]
     batch = math.ceil(k / _INIT_ROUNDS)
+    assign = _Assigner(x, batch, budget)
     first = int(torch.randint(n, (1,), generator=generator, device="cpu"))
     chosen = torch.zeros(n, dtype=torch.bool, device=x.device)
     chosen[first] = True
     picked = [torch.tensor([first], device=x.device)]
-    _, min_dist = _nearest(x, x[first : first + 1], budget)
+    _, min_dist = assign(x[first : first + 1])
     total = 1
     while total < k:
         take = min(batch, k - total)
-        weights = min_dist.double().clone()
+        weights = min_dist.double()
         weights[chosen] = 0
         if int((weights > 0).sum()) < take:
             weights = (~chosen).double()  # fewer distinct points than centres left
@@ -74,7 +84,7 @@ def init_centers(
         chosen[new] = True
         picked.append(new)
         total += take
-        _, dist_new = _nearest(x, x[new], budget)
+        _, dist_new = assign(x[new])
         torch.minimum(min_dist, dist_new, out=min_dist)
     return x[torch.cat(picked)].clone()
 
@@ -101,7 +111,8 @@ def kmeans(
         raise ValueError(f"max_iter must be at least 1, got {max_iter}")
     generator = torch.Generator(device="cpu").manual_seed(int(seed))
     centers = init_centers(x, k, generator, memory_budget)
-    labels, dist = _nearest(x, centers, memory_budget)
+    assign = _Assigner(x, k, memory_budget)
+    labels, dist = assign(centers)
     for _ in range(iterations):
         sums = torch.zeros_like(centers).index_add_(0, labels, x)
         sizes = torch.bincount(labels, minlength=k)
@@ -110,7 +121,7 @@ def kmeans(
         if empty.numel():
             far = torch.topk(dist, empty.numel()).indices
             centers[empty] = x[far]
-        new_labels, dist = _nearest(x, centers, memory_budget)
+        new_labels, dist = assign(centers)
         changed = bool((new_labels != labels).any())
         labels = new_labels
         if not changed:
