@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import math
+import os
 import platform
 import statistics
 import subprocess
@@ -308,7 +309,7 @@ def _fmt(ms: float | None) -> str:
 
 
 def markdown(rows: list[dict[str, Any]], batch_sizes: list[int], dim: int, repeats: int,
-             warmup: int) -> str:
+             warmup: int, load: str = "") -> str:
     losses = list(dict.fromkeys(row["loss"] for row in rows))
     by_key = {(row["loss"], row["batch"]): row for row in rows}
     header = "| loss | PML counterpart |"
@@ -371,7 +372,7 @@ def markdown(rows: list[dict[str, Any]], batch_sizes: list[int], dim: int, repea
         "",
         f"Machine: {machine}. The machine is shared: other jobs (about 7 other engineers' "
         "tests) were running during the measurement, so single numbers are noisy; the "
-        "two libraries were timed back to back for each row.",
+        f"two libraries were timed back to back for each row.{load}",
         "",
         *lines,
         "",
@@ -428,8 +429,13 @@ def main(argv: list[str] | None = None) -> int:
     torch.manual_seed(0)
     # PML 2.9 indexes with lists (a torch deprecation warning per call): not our concern here.
     warnings.filterwarnings("ignore", category=UserWarning, module="pytorch_metric_learning")
+    load_before = os.getloadavg()[0]
+    started = time.time()
     rows = run(loss_names, args.batch_sizes, args.dim, args.repeats, args.warmup)
-    section = markdown(rows, args.batch_sizes, args.dim, args.repeats, args.warmup)
+    load = (f" Load average (1 min) {load_before:.1f} at the start, "
+            f"{os.getloadavg()[0]:.1f} at the end of the {(time.time() - started) / 60:.0f}-minute "
+            f"run, on {os.cpu_count()} cores.")
+    section = markdown(rows, args.batch_sizes, args.dim, args.repeats, args.warmup, load)
     print(section)
     if not args.no_write:
         write_section(args.out, section)
