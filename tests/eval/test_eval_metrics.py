@@ -199,3 +199,20 @@ def test_counting_and_listing_give_the_same_recall(monkeypatch):
         counted = evaluate(x, y, metrics=["recall"], recall_ks=ks, **kwargs)
         monkeypatch.undo()
         assert listed == counted
+
+
+@pytest.mark.parametrize("kind", ["faiss-ivf", "faiss-hnsw"])
+def test_faiss_search_is_close_to_exact(kind):
+    pytest.importorskip("faiss")
+    g = np.random.default_rng(12)
+    y = np.repeat(np.arange(100), 5)
+    x = (np.eye(32)[y % 32] + 0.3 * g.normal(size=(500, 32))).astype(np.float32)
+    exact = evaluate(x, y, metrics=["recall", "map@r"], recall_ks=(1, 10))
+    approx = evaluate(x, y, metrics=["recall", "map@r"], recall_ks=(1, 10), search=kind)
+    for key in ("recall@1", "recall@10", "map@r"):
+        assert approx[key] == pytest.approx(exact[key], abs=0.05), key
+
+
+def test_unknown_search_is_refused():
+    with pytest.raises(ValueError, match="search must be"):
+        evaluate(np.eye(3, dtype=np.float32), [0, 0, 1], search="annoy")

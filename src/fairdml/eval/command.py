@@ -38,6 +38,8 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--memory-budget-mib", type=int, default=1024,
                         help="extra working memory of the search in MiB (default 1024)")
     parser.add_argument("--device", default="cpu", help="torch device to compute on")
+    parser.add_argument("--search", choices=("exact", "faiss-ivf", "faiss-hnsw"),
+                        default="exact", help="neighbour search (faiss ones are approximate)")
     parser.add_argument("--no-progress", action="store_true")
 
 
@@ -67,6 +69,7 @@ def _options(args: argparse.Namespace) -> dict[str, Any]:
         "kmeans_seeds": tuple(args.kmeans_seeds),
         "memory_budget": args.memory_budget_mib * 2**20,
         "progress": False if args.no_progress else None,
+        "search": args.search,
     }
 
 

@@ -9,6 +9,8 @@ from typing import Any
 
 import torch
 
+from fairdml.eval.approximate import KINDS as APPROXIMATE_KINDS
+from fairdml.eval.approximate import approximate_knn
 from fairdml.eval.clustering import clustering_metrics
 from fairdml.eval.inputs import check_distance, normalise, prepare_inputs
 from fairdml.eval.metrics import (
@@ -17,7 +19,7 @@ from fairdml.eval.metrics import (
     relevant_counts,
     retrieval_from_neighbors,
 )
-from fairdml.eval.neighbors import DEFAULT_MEMORY_BUDGET, iter_neighbors
+from fairdml.eval.neighbors import DEFAULT_MEMORY_BUDGET, NeighborBlock, iter_neighbors
 
 METRICS = ("recall", "r_precision", "map@r", "map", "nmi", "f1")
 _AUTO_PROGRESS_WORK = 2e10
@@ -103,6 +105,7 @@ def evaluate(
     kmeans_max_iter: int | None = None,
     memory_budget: int = DEFAULT_MEMORY_BUDGET,
     progress: bool | None = None,
+    search: str = "exact",
 ) -> dict[str, float]:
     """Retrieval and clustering metrics of embeddings, exact (definitions in :mod:`.metrics`
     and :mod:`.clustering`).
@@ -115,13 +118,17 @@ def evaluate(
     runs on the device of ``embeddings``. ``distance`` is ``"cosine"`` (after L2
     normalisation) or ``"euclidean"``. Clustering uses all items (gallery and queries).
     ``memory_budget`` (bytes) bounds the extra working memory of the search; ``progress``
-    shows a bar (``None``: only on a terminal and for large inputs).
+    shows a bar (``None``: only on a terminal and for large inputs). ``search`` is
+    ``"exact"`` (default) or ``"faiss-ivf"`` / ``"faiss-hnsw"`` (approximate neighbour
+    lists for recall@K, r_precision and map@r, see :mod:`.approximate`; ``map`` stays exact).
 
     Returns ``recall@K``, ``r_precision``, ``map@r``, ``map``, ``nmi``, ``nmi_std``, ``f1``
     (those asked for), and ``num_queries`` / ``num_skipped_queries`` (queries with no
     relevant gallery item, excluded from the retrieval means) with any retrieval metric.
     """
     check_distance(distance)
+    if search not in ("exact", *APPROXIMATE_KINDS):
+        raise ValueError(f"search must be 'exact' or one of {APPROXIMATE_KINDS}, got {search!r}")
     wanted, ks = parse_metrics(metrics, recall_ks)
     data = prepare_inputs(embeddings, labels, queries, query_labels)
     gallery, query = data.gallery, data.queries
@@ -146,7 +153,7 @@ def evaluate(
             results.update(
                 _retrieval(
                     gallery, query, data.gallery_codes, query_codes, counts, wanted, ks,
-                    distance, memory_budget, make_step,
+                    distance, memory_budget, make_step, search,
                 )
             )
         if wanted & {"nmi", "f1"}:
@@ -181,7 +188,8 @@ def _refuse_zero_rows(x: torch.Tensor, name: str) -> None:
 
 
 def _retrieval(
-    gallery, query, gallery_codes, query_codes, counts, wanted, ks, distance, budget, make_step
+    gallery, query, gallery_codes, query_codes, counts, wanted, ks, distance, budget, make_step,
+    search="exact",
 ) -> dict[str, float]:
     need_r = bool(wanted & {"r_precision", "map@r"})
     available = gallery.shape[0] - (1 if query is None else 0)
@@ -196,20 +204,27 @@ def _retrieval(
             deep_ks = []
         depth = min(max([base] + [k for k in ks if k not in deep_ks]), available)
         rank_of = None
+        if search != "exact":
+            deep_ks = []
+            depth = min(max([base] + ks), available)
         if deep_ks:
             rank_of = best_relevant(
                 gallery if query is None else query, gallery, query_codes, gallery_codes,
                 same_set=query is None, distance=distance, memory_budget=budget // 4,
             )
-        blocks = iter_neighbors(
-            gallery,
-            depth,
-            queries=query,
-            distance=distance,
-            memory_budget=budget,
-            on_step=make_step("nearest neighbours"),
-            rank_of=rank_of,
-        )
+        if search == "exact":
+            blocks = iter_neighbors(
+                gallery,
+                depth,
+                queries=query,
+                distance=distance,
+                memory_budget=budget,
+                on_step=make_step("nearest neighbours"),
+                rank_of=rank_of,
+            )
+        else:
+            found = approximate_knn(gallery, depth, kind=search, queries=query, distance=distance)
+            blocks = [NeighborBlock(0, *found)]
         out = retrieval_from_neighbors(blocks, gallery_codes, query_codes, counts, ks, need_r)
         for name in ("r_precision", "map@r"):
             if name not in wanted:
