@@ -11,6 +11,7 @@ from pytorch_metric_learning import losses as pml
 
 from fairdml.losses import create, lr_multiplier, names
 from fairdml.losses.proxies import (
+    _ProxyAnchorTerms,
     _SoftMaxPooling,
     cosine_matrix,
     grouped_log1p_sum_exp,
@@ -302,6 +303,17 @@ def test_soft_max_pooling_value_and_hand_written_gradient():
     torch.testing.assert_close(_SoftMaxPooling.apply(similarity, 10.0),
                                (weights * similarity).sum(1))
     assert torch.autograd.gradcheck(lambda s: _SoftMaxPooling.apply(s, 10.0), (similarity,))
+
+
+@pytest.mark.parametrize("labels", [[0, 0, 2, 3, 3], [1, 1, 1, 1, 1]])
+def test_proxy_anchor_hand_written_gradient(labels):
+    """gradcheck, also when one proxy has every sample as a positive (no negative)."""
+    generator = torch.Generator().manual_seed(5)
+    cos = (torch.rand(5, 4, generator=generator, dtype=torch.float64) * 2 - 1)
+    cos.requires_grad_(True)
+    labels = torch.tensor(labels)
+    assert torch.autograd.gradcheck(
+        lambda c: _ProxyAnchorTerms.apply(c, labels, 8.0, 0.1), (cos,))
 
 
 def test_grouped_log1p_sum_exp_matches_a_loop():

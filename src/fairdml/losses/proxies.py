@@ -14,7 +14,8 @@ Every loss here (and in :mod:`fairdml.losses.classification`, which builds on
   recipe;
 * the loss is computed in float32 with autocast switched off, so a bfloat16 / float16
   training step gets the same loss as a float32 one up to the embeddings' rounding;
-* the cosine matrix and SoftTriple's soft maximum have hand-written backward passes
+* the cosine matrix, the Proxy Anchor terms and SoftTriple's soft maximum have
+  hand-written backward passes
   (fewer passes over memory than autograd's); they are first-order only: a double
   backward (``create_graph=True``) raises instead of returning a wrong second derivative.
 """
@@ -239,6 +240,49 @@ def grouped_log1p_sum_exp(logits: torch.Tensor, groups: torch.Tensor,
     return torch.log(total) + shift
 
 
+class _ProxyAnchorTerms(torch.autograd.Function):
+    """The Proxy Anchor loss from the (B, C) cosine matrix, with a hand-written backward.
+
+    Forward: the pull term per proxy by scatter operations over the B target cosines
+    (:func:`grouped_log1p_sum_exp`), the push term by a column-wise shifted
+    ``log(1 + sum exp)`` over the cosine matrix with the target entries set to ``-inf``.
+    Backward: ``dL/dcos[i, p] = alpha e[i, p] / (C s_p)`` for the push term (``e`` the
+    saved shifted exponentials, ``s_p`` their column total) plus, at each target entry,
+    ``-alpha e_i / (|P+| S_{y_i})`` for the pull term: one pass over the matrix.
+    """
+
+    @staticmethod
+    def forward(ctx, cos: torch.Tensor, labels: torch.Tensor, alpha: float,
+                margin: float) -> torch.Tensor:
+        classes = cos.shape[1]
+        pull_logits = (cos.gather(1, labels[:, None]).squeeze(1) - margin).mul_(-alpha)
+        pull_shift = pull_logits.new_zeros(classes).scatter_reduce(
+            0, labels, pull_logits, reduce="amax", include_self=True)
+        pull_exp = torch.exp(pull_logits - pull_shift[labels])
+        pull_total = torch.exp(-pull_shift).index_add_(0, labels, pull_exp)
+        present = (torch.bincount(labels, minlength=classes) > 0).sum()
+
+        push_exp = (cos + margin).mul_(alpha).scatter_(1, labels[:, None], -float("inf"))
+        push_shift = push_exp.amax(dim=0).clamp_min_(0.0)
+        push_exp.sub_(push_shift).exp_()
+        push_total = push_exp.sum(dim=0).add_(torch.exp(-push_shift))
+
+        loss = ((torch.log(pull_total) + pull_shift).sum() / present
+                + (torch.log(push_total) + push_shift).sum() / classes)
+        ctx.save_for_backward(labels, pull_exp, pull_total, push_exp, push_total, present)
+        ctx.alpha = alpha
+        return loss
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, grad: torch.Tensor) -> tuple[torch.Tensor, None, None, None]:
+        labels, pull_exp, pull_total, push_exp, push_total, present = ctx.saved_tensors
+        classes = push_exp.shape[1]
+        grad_cos = push_exp * (push_total.reciprocal() * (ctx.alpha / classes) * grad)
+        pull = pull_exp / pull_total[labels] * (-ctx.alpha * grad / present)
+        return grad_cos.scatter_add_(1, labels[:, None], pull[:, None]), None, None, None
+
+
 @register("proxy_anchor")
 class ProxyAnchorLoss(ProxyLoss):
     r"""Proxy Anchor loss (Kim, Kim, Cho, Kwak, "Proxy Anchor Loss for Deep Metric
@@ -274,20 +318,8 @@ class ProxyAnchorLoss(ProxyLoss):
         self.margin = float(margin)
 
     def compute(self, embeddings: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-        cos = self.cosines(embeddings)
-        classes = torch.arange(self.num_classes, device=labels.device)
-        is_positive = labels[:, None] == classes[None, :]
-
-        target_cos = cos.gather(1, labels[:, None]).squeeze(1)
-        positive_terms = grouped_log1p_sum_exp(
-            -self.alpha * (target_cos - self.margin), labels, self.num_classes)
-        proxies_with_positives = (torch.bincount(labels, minlength=self.num_classes) > 0).sum()
-
-        negative_logits = (self.alpha * (cos + self.margin)).masked_fill(
-            is_positive, -float("inf"))
-        negative_terms = log1p_sum_exp(negative_logits, dim=0)
-        return (positive_terms.sum() / proxies_with_positives
-                + negative_terms.sum() / self.num_classes)
+        return _ProxyAnchorTerms.apply(self.cosines(embeddings), labels, self.alpha,
+                                       self.margin)
 
     def extra_repr(self) -> str:
         return f"{super().extra_repr()}, alpha={self.alpha:g}, margin={self.margin:g}"
