@@ -15,9 +15,9 @@ Every loss here (and in :mod:`fairdml.losses.classification`, which builds on
 * the loss is computed in float32 with autocast switched off, so a bfloat16 / float16
   training step gets the same loss as a float32 one up to the embeddings' rounding;
 * the cosine matrix, the Proxy Anchor terms and SoftTriple's soft maximum have
-  hand-written backward passes
-  (fewer passes over memory than autograd's); they are first-order only: a double
-  backward (``create_graph=True``) raises instead of returning a wrong second derivative.
+  hand-written backward passes (fewer passes over memory than autograd's); they are
+  first-order only: a double backward (``create_graph=True``) raises instead of
+  returning a wrong second derivative.
 """
 
 from __future__ import annotations
