@@ -17,7 +17,7 @@ def _reference(queries, gallery, k, same_set, distance):
     if distance == "cosine":
         s = (queries @ gallery.T).double().numpy()
     else:
-        s = -torch.cdist(queries.double(), gallery.double()).pow(2).numpy()
+        s = -((queries.double()[:, None] - gallery.double()[None]) ** 2).sum(-1).numpy()
     out = []
     for i, row in enumerate(s):
         order = np.lexsort((np.arange(len(row)), -row))
@@ -109,3 +109,23 @@ def test_rows_with_more_candidates_than_the_buffer_stay_exact(monkeypatch):
     for symmetric in (True, False):
         _, idx = exact_knn(x, 5, distance="euclidean", symmetric=symmetric, block_size=40)
         assert np.array_equal(idx.numpy(), _reference(x, x, 5, True, "euclidean"))
+
+
+def test_rank_counter_agrees_between_paths_and_with_brute_force():
+    from fairdml.eval.neighbors import iter_neighbors
+
+    g = torch.Generator().manual_seed(8)
+    x = torch.randint(-2, 3, (90, 2), generator=g).float()
+    target_index = (torch.arange(90) + torch.randint(1, 90, (90,), generator=g)) % 90
+    s = -((x[:, None] - x[None]) ** 2).sum(-1)
+    target = s[torch.arange(90), target_index]
+    want = []
+    for q in range(90):
+        before = (s[q] > target[q]) | ((s[q] == target[q]) & (torch.arange(90) < target_index[q]))
+        before[q] = False
+        want.append(int(before.sum()))
+    for symmetric in (True, False):
+        blocks = iter_neighbors(x, 3, distance="euclidean", symmetric=symmetric, block_size=16,
+                                rank_of=(target, target_index))
+        above = torch.cat([b.above for b in blocks])
+        assert above.tolist() == want
