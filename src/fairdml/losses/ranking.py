@@ -12,8 +12,9 @@ every positive ``p`` of ``q``, a sum over all items ``j`` of a function of
 ``s_qj - s_qp``: a B x P x B tensor where P is the largest number of positives of a query
 (M - 1 for a C x M class-balanced batch), not the B x B x B tensor of a naive
 implementation. The queries are processed in row chunks that keep that tensor below a
-memory budget; when there is more than one chunk each chunk is recomputed in the backward
-pass (activation checkpointing), so memory stays bounded for very large batches.
+memory budget, each chunk computing its own rows of the similarity matrix; when there is
+more than one chunk each chunk is recomputed in the backward pass (activation
+checkpointing), so memory stays ~ chunk x P x B plus the embeddings for very large batches.
 """
 
 from __future__ import annotations
@@ -304,22 +305,23 @@ def _rows_per_chunk(num_positive_columns: int, num_items: int,
 
 
 def _chunked_over_rows(function: Callable[..., torch.Tensor], rows_per_chunk: int,
-                       *row_tensors: torch.Tensor) -> torch.Tensor:
-    """``function`` applied to row chunks of ``row_tensors``, results concatenated.
+                       row_tensors: Sequence[torch.Tensor],
+                       shared: Sequence[torch.Tensor] = ()) -> torch.Tensor:
+    """``function(*row_chunks, *shared)`` over row chunks of ``row_tensors``, concatenated.
 
     With more than one chunk, each chunk's intermediates are recomputed in the backward
     pass (``torch.utils.checkpoint``) instead of being kept, so memory stays bounded.
     """
     num_rows = row_tensors[0].shape[0]
     if rows_per_chunk >= num_rows:
-        return function(*row_tensors)
+        return function(*row_tensors, *shared)
     outputs = []
     for start in range(0, num_rows, rows_per_chunk):
         chunk = [tensor[start:start + rows_per_chunk] for tensor in row_tensors]
-        if torch.is_grad_enabled() and any(t.requires_grad for t in chunk):
-            outputs.append(checkpoint(function, *chunk, use_reentrant=False))
+        if torch.is_grad_enabled() and any(t.requires_grad for t in (*chunk, *shared)):
+            outputs.append(checkpoint(function, *chunk, *shared, use_reentrant=False))
         else:
-            outputs.append(function(*chunk))
+            outputs.append(function(*chunk, *shared))
     return torch.cat(outputs)
 
 
@@ -429,13 +431,15 @@ class SmoothAPLoss(torch.nn.Module):
             rows = _rows_per_chunk(index.shape[1], len(labels), self.chunk_size)
             temperature = self.temperature
 
-            def rows_ap(similarity, positive_index, is_valid, row_labels, row_ids):
+            def rows_ap(queries, positive_index, is_valid, row_labels, row_ids, items):
+                similarity = queries @ items.T
                 other, positive, _ = _row_masks(row_labels, row_ids, labels, similarity.dtype)
                 return _smooth_ap_rows(similarity, positive_index, is_valid, positive, other,
                                        temperature)
 
-            ap = _chunked_over_rows(rows_ap, rows, x @ x.T, index, valid, labels,
-                                    torch.arange(len(labels), device=x.device))
+            ap = _chunked_over_rows(
+                rows_ap, rows,
+                (x, index, valid, labels, torch.arange(len(labels), device=x.device)), (x,))
             return 1.0 - _mean_over_queries(ap, has_positive)
 
 
@@ -536,29 +540,29 @@ class ROADMAPLoss(torch.nn.Module):
             has_positive = valid.any(dim=1)
             if not bool(has_positive.any()):
                 return _zero_loss(embeddings)
-            similarity = x @ x.T
-            loss = similarity.new_zeros(())
+            loss = x.new_zeros(())
             if self.calibration_weight < 1.0:
-                supap = self._supap(similarity, labels, index, valid)
+                supap = self._supap(x, labels, index, valid)
                 loss = loss + (1.0 - self.calibration_weight) * (
                     1.0 - _mean_over_queries(supap, has_positive))
             if self.calibration_weight > 0.0:
-                loss = loss + self.calibration_weight * self._calibration(similarity, labels)
+                loss = loss + self.calibration_weight * self._calibration(x @ x.T, labels)
             return loss
 
-    def _supap(self, similarity: torch.Tensor, labels: torch.Tensor, index: torch.Tensor,
+    def _supap(self, x: torch.Tensor, labels: torch.Tensor, index: torch.Tensor,
                valid: torch.Tensor) -> torch.Tensor:
-        rows = _rows_per_chunk(index.shape[1], similarity.shape[1], self.chunk_size)
+        rows = _rows_per_chunk(index.shape[1], len(labels), self.chunk_size)
         settings = (self.temperature, self.slope, self.offset, self.margin)
 
-        def rows_ap(chunk_similarity, positive_index, is_valid, row_labels, row_ids):
-            _, positive, negative = _row_masks(row_labels, row_ids, labels,
-                                               chunk_similarity.dtype)
-            return _supap_rows(chunk_similarity, positive_index, is_valid, positive,
-                               negative, *settings)
+        def rows_ap(queries, positive_index, is_valid, row_labels, row_ids, items):
+            similarity = queries @ items.T
+            _, positive, negative = _row_masks(row_labels, row_ids, labels, similarity.dtype)
+            return _supap_rows(similarity, positive_index, is_valid, positive, negative,
+                               *settings)
 
-        return _chunked_over_rows(rows_ap, rows, similarity, index, valid, labels,
-                                  torch.arange(len(labels), device=labels.device))
+        return _chunked_over_rows(
+            rows_ap, rows,
+            (x, index, valid, labels, torch.arange(len(labels), device=x.device)), (x,))
 
     def _calibration(self, similarity: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
         positive, negative = label_masks(labels)
@@ -661,15 +665,17 @@ class RecallAtKLoss(torch.nn.Module):
             rows = _rows_per_chunk(index.shape[1], len(labels), self.chunk_size)
             rank_temperature = self.rank_temperature
 
-            def rows_recall(similarity, positive_index, is_valid, row_ids):
+            def rows_recall(queries, positive_index, is_valid, row_ids, items):
+                similarity = queries @ items.T
                 other = torch.arange(len(labels), device=row_ids.device)[None, :] \
                     != row_ids[:, None]
                 return _recall_rows(similarity, positive_index, is_valid,
                                     other.to(similarity.dtype), ks, k_temperatures,
                                     rank_temperature)
 
-            recall = _chunked_over_rows(rows_recall, rows, x @ x.T, index, valid,
-                                        torch.arange(len(labels), device=x.device))
+            recall = _chunked_over_rows(
+                rows_recall, rows,
+                (x, index, valid, torch.arange(len(labels), device=x.device)), (x,))
             return 1.0 - _mean_over_queries(recall, has_positive)
 
 
