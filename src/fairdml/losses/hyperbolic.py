@@ -32,13 +32,16 @@ def _check_curvature(c: float) -> float:
 
 def check_on_ball(x: torch.Tensor, c: float, name: str = "embeddings") -> None:
     """Raise a ValueError unless every row of ``x`` lies inside the ball ``c |x|^2 < 1``."""
+    _check_squared_norms((x.detach() * x.detach()).sum(dim=-1), c, name)
+
+
+def _check_squared_norms(squared_norms: torch.Tensor, c: float, name: str) -> None:
     c = _check_curvature(c)
-    scaled_norms = x.detach().norm(dim=-1) * math.sqrt(c)
-    largest = float(scaled_norms.max()) if scaled_norms.numel() else 0.0
-    if not largest < 1.0:
+    largest = float(squared_norms.detach().max()) if squared_norms.numel() else 0.0
+    if not c * largest < 1.0:
         raise ValueError(
             f"{name} are not on the Poincare ball of curvature c={c}: the largest norm is "
-            f"{largest / math.sqrt(c):.6g} but must be < 1/sqrt(c) = {1 / math.sqrt(c):.6g}. "
+            f"{math.sqrt(largest):.6g} but must be < 1/sqrt(c) = {1 / math.sqrt(c):.6g}. "
             f"Map Euclidean features with expmap0 (or pass project=True).")
 
 
@@ -86,14 +89,14 @@ def poincare_distance(x: torch.Tensor, y: torch.Tensor | None = None,
     per-row factor on the Gram matrix), and the gradient at coincident points is 0, not inf.
     """
     c = _check_curvature(c)
-    check_on_ball(x, c, "x")
     x_squared = (x * x).sum(dim=-1)
+    _check_squared_norms(x_squared, c, "x")
     x_scale = _ball_scale(x_squared, c)
     if y is None:
         y, y_squared, y_scale = x, x_squared, x_scale
     else:
-        check_on_ball(y, c, "y")
         y_squared = (y * y).sum(dim=-1)
+        _check_squared_norms(y_squared, c, "y")
         y_scale = _ball_scale(y_squared, c)
     x_squared = x_squared * x_scale * x_scale
     y_squared = y_squared * y_scale * y_scale
