@@ -26,7 +26,7 @@ example the first one of each row, use ``topk``).
 
 Memory: ``memory_budget`` bytes (default 1 GiB) bound the extra memory beyond the
 normalised copy of the embeddings and the returned ``(n, k)`` arrays: the score block
-``B x B`` (4 bytes each, plus a 1-byte mask), the candidates, and, on the symmetric path
+``B x B`` (4 bytes each, plus two 1-byte masks), the candidates, and, on the symmetric path
 only, the running top-k of all ``N`` rows (``N * (k + max(k, 256)) * 8`` bytes with int32
 indices, a top-k and a candidate buffer; the plain path holds it for one block of rows). Numbers do
 not depend on the block size except through float summation order inside the matrix
@@ -137,6 +137,7 @@ class RunningTopK:
             (n, k + self.width), self.placeholder, dtype=self.index_dtype, device=device
         )
         self.fill = torch.zeros(n, dtype=torch.int64, device=device)
+        self._copy: torch.Tensor | None = None
         self.threshold = torch.full((n,), float("-inf"), dtype=dtype, device=device)
 
     def _merge(self, rows: torch.Tensor) -> None:
@@ -198,12 +199,9 @@ class RunningTopK:
             self.add_dense(rows, scores, first_column)
             return
         if scores.stride(0) < scores.stride(1):
-            # A transposed view: find entries in memory order, then group them by row.
-            column_ids, row_ids = torch.nonzero(mask.T).unbind(1)
-            order = torch.argsort(row_ids, stable=True)
-            row_ids, column_ids = row_ids[order], column_ids[order]
-        else:
-            row_ids, column_ids = torch.nonzero(mask).unbind(1)
+            # A transposed view: a row-major copy of the mask lets nonzero group by row.
+            mask = self._row_major(mask)
+        row_ids, column_ids = torch.nonzero(mask).unbind(1)
         counts = torch.bincount(row_ids, minlength=n)
         values, indices = scores[row_ids, column_ids], column_ids + first_column
         crowded = counts > self.width
@@ -223,6 +221,12 @@ class RunningTopK:
             row_ids, values, indices = row_ids[order], values[order], indices[order]
             counts = torch.where(crowded, self.k, counts)
         self._append(rows, row_ids, values, indices, counts)
+
+    def _row_major(self, mask: torch.Tensor) -> torch.Tensor:
+        n, m = mask.shape
+        if self._copy is None or self._copy.numel() < n * m:
+            self._copy = torch.empty(n * m, dtype=torch.bool, device=mask.device)
+        return self._copy[: n * m].view(n, m).copy_(mask)
 
     def finish(self, rows: slice) -> tuple[torch.Tensor, torch.Tensor]:
         """The rows' neighbours sorted best first (value desc, index asc)."""
@@ -283,7 +287,7 @@ class RankCounter:
 def _block_bytes(block: int, k: int, itemsize: int) -> int:
     # score buffer + mask, nonzero output at the sparse limit, and the merge temporaries
     # (about three (block, 2k) arrays of value + int64 index).
-    scores = block * block * (itemsize + 1)
+    scores = block * block * (itemsize + 2)
     candidates = 16 * int(_SPARSE_MAX_FRACTION * block * block)
     merges = 3 * block * (k + max(k, _MIN_BUFFER)) * (itemsize + 8)
     return scores + candidates + merges
