@@ -2,12 +2,13 @@
 
 Data: SOP-shaped synthetic embeddings, 60,502 items x 512 dims in 11,316 classes of 2 to
 12 items, each class a random direction plus Gaussian noise (noise chosen so that
-recall@1 is about 0.7), L2-normalised. Same-set mode. Measured, each in a fresh subprocess so that the
-peak resident memory (ru_maxrss) minus the resident memory before the call is the peak
-extra memory of that call:
+recall@1 is about 0.7), L2-normalised. Same-set mode. Measured, each in a fresh
+subprocess so that the peak resident memory (ru_maxrss) minus the resident memory
+before the call is the peak extra memory of that call:
 
   (a) recall@{1,10,100,1000} + r_precision + map@r in one fairdml call;
   (b) nmi (one k-means seed);
+  (gemm_bound, with --tasks) the block products alone, the floor of same-set search;
   and in the same run pytorch-metric-learning's AccuracyCalculator (k=1000) for
   precision_at_1 / r_precision / mean_average_precision_at_r, and its NMI (faiss k-means,
   needs faiss importable; pass --faiss-path DIR for a private install).
@@ -104,6 +105,19 @@ def measure(task: str, args: argparse.Namespace) -> dict:
     elif task == "pml_nmi":
         calc = AccuracyCalculator(include=("NMI",), device=torch.device("cpu"))
         out = calc.get_accuracy(xt, yt)
+    elif task == "gemm_bound":
+        # The multiply-adds alone: every block pair (i <= j) of the normalised embeddings
+        # multiplied once into a reused buffer, nothing else (the floor for same-set search).
+        xn = torch.nn.functional.normalize(xt, dim=1)
+        block = 8192
+        buffer = torch.empty(block * block)
+        pairs = 0
+        for i in range(0, len(xn), block):
+            for j in range(i, len(xn), block):
+                a, b = xn[i : i + block], xn[j : j + block]
+                torch.mm(a, b.T, out=buffer[: len(a) * len(b)].view(len(a), len(b)))
+                pairs += len(a) * len(b)
+        out = {"multiply_adds": float(pairs * xn.shape[1])}
     else:
         raise ValueError(f"unknown task {task!r}")
     seconds = time.perf_counter() - start
