@@ -217,6 +217,21 @@ def test_dominant_proxies_pick_the_most_voted_subcentre():
     torch.testing.assert_close(dominant, torch.tensor([[0, 1.0, 0], [0, 0, -1.0]]))
 
 
+def test_outliers_are_samples_far_from_their_dominant_subcentre():
+    loss = create("subcenter_arcface", num_classes=2, embedding_dim=3, sub_centers=2)
+    with torch.no_grad():
+        loss.proxies.copy_(torch.tensor([[[1.0, 0, 0], [0, 1.0, 0]],
+                                         [[0, 0, 1.0], [0, 0, -1.0]]]))
+    embeddings = torch.tensor([[1.0, 0.1, 0], [1.0, 0, 0.1], [0, 0.2, 1.0],  # class 0
+                               [0, 0.1, 1.0], [1.0, 0, 0.05]])  # class 1
+    labels = torch.tensor([0, 0, 0, 1, 1])
+    assert loss.outliers(embeddings, labels).tolist() == [2, 4]
+    # sample 4 is 87.1 degrees from (0, 0, 1); sample 2 is 90 degrees from (1, 0, 0)
+    assert loss.outliers(embeddings, labels, max_angle_degrees=88.0).tolist() == [2]
+    with pytest.raises(ValueError, match="max_angle_degrees"):
+        loss.outliers(embeddings, labels, max_angle_degrees=200)
+
+
 # --- numerically safe angular margin -----------------------------------------------------
 
 

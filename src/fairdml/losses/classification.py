@@ -195,7 +195,8 @@ class SubCenterArcFaceLoss(_ArcFaceBase):
     Defaults from the paper: ``K = 3``, ``s = 64``, ``m = 0.5``. ``proxies`` has shape
     ``(num_classes, K, embedding_dim)``; :meth:`dominant_proxies` gives the sub-centre of
     each class that most of the given samples pick (the paper's step for dropping
-    non-dominant sub-centres). Same definition as pytorch-metric-learning's
+    non-dominant sub-centres) and :meth:`outliers` the samples it would drop as noisy.
+    Same definition as pytorch-metric-learning's
     ``SubCenterArcFaceLoss`` (weights ``dim x C*K`` with column ``c*K + k``).
     """
 
@@ -228,6 +229,23 @@ class SubCenterArcFaceLoss(_ArcFaceBase):
         winner = votes.argmax(dim=1)
         units = self.unit_proxies(cos.dtype).view(self.num_classes, self.sub_centers, -1)
         return units[torch.arange(self.num_classes, device=labels.device), winner]
+
+    @torch.no_grad()
+    def outliers(self, embeddings: torch.Tensor, labels: torch.Tensor,
+                 max_angle_degrees: float = 75.0) -> torch.Tensor:
+        """Indices of the samples farther than ``max_angle_degrees`` from the dominant
+        sub-centre of their class: the paper's noisy-sample filter (75 degrees by default,
+        its threshold), to drop before training on the cleaned data.
+        """
+        if not 0 < max_angle_degrees < 180:
+            raise ValueError(
+                f"{self.name}: max_angle_degrees must be in (0, 180), got {max_angle_degrees!r}"
+            )
+        labels = self.check_inputs(embeddings, labels)
+        dominant = self.dominant_proxies(embeddings, labels)
+        unit = torch.nn.functional.normalize(as_float32(embeddings), dim=1)
+        cos = (unit * dominant[labels]).sum(dim=1)
+        return torch.nonzero(cos < math.cos(math.radians(max_angle_degrees))).flatten()
 
     def extra_repr(self) -> str:
         return f"{super().extra_repr()}, sub_centers={self.sub_centers}"
