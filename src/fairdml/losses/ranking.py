@@ -466,12 +466,13 @@ def _supap_step(t: torch.Tensor, temperature: float, slope: float, offset: float
     """:func:`supap_negative_step` and its derivative."""
     smooth, smooth_derivative = _sigmoid_step(t, temperature)
     linear = t > margin
-    value = torch.where(linear, slope * t + offset, smooth + 0.5 * (t > 0).to(t.dtype))
+    value = smooth.add_((t > 0).to(t.dtype), alpha=0.5)
+    value = torch.where(linear, t * slope + offset, value)
     return value, smooth_derivative.masked_fill_(linear, slope)
 
 
 def _supap_rows(similarity: torch.Tensor, positive_index: torch.Tensor, valid: torch.Tensor,
-                positive: torch.Tensor, negative: torch.Tensor, temperature: float,
+                negative: torch.Tensor, temperature: float,
                 slope: float, offset: float, margin: float) -> torch.Tensor:
     """SupAP of a chunk of queries; see :class:`ROADMAPLoss`."""
     negative_rank = _soft_rank_sums(
@@ -479,11 +480,11 @@ def _supap_rows(similarity: torch.Tensor, positive_index: torch.Tensor, valid: t
         partial(_supap_step, temperature=temperature, slope=slope, offset=offset,
                 margin=margin)).squeeze(2)
     with torch.no_grad():
-        # Exact Heaviside on the positives (no gradient); the positive itself (t = 0)
-        # is counted once, which is the "1 +" of the rank.
+        # Exact Heaviside among the positives only (P x P per query, no gradient); the
+        # positive itself (t = 0) is counted once, which is the "1 +" of the rank.
         anchor = similarity.gather(1, positive_index)
-        above = (similarity[:, None, :] >= anchor[:, :, None]).to(similarity.dtype)
-        positive_rank = torch.bmm(above, positive[:, :, None]).squeeze(2)
+        above = (anchor[:, None, :] >= anchor[:, :, None]) & valid[:, None, :]
+        positive_rank = above.sum(dim=2).to(similarity.dtype)
     ratio = torch.where(valid, positive_rank / (positive_rank + negative_rank),
                         torch.zeros_like(negative_rank))
     return ratio.sum(dim=1) / valid.sum(dim=1).clamp_min(1).to(ratio.dtype)
@@ -540,29 +541,34 @@ class ROADMAPLoss(torch.nn.Module):
             has_positive = valid.any(dim=1)
             if not bool(has_positive.any()):
                 return _zero_loss(embeddings)
+            rows = _rows_per_chunk(index.shape[1], len(labels), self.chunk_size)
+            # One chunk: one similarity matrix serves both terms (one matmul, not two).
+            similarity = x @ x.T if rows >= len(labels) or self.calibration_weight > 0 \
+                else None
             loss = x.new_zeros(())
             if self.calibration_weight < 1.0:
-                supap = self._supap(x, labels, index, valid)
+                supap = self._supap(x, similarity, labels, index, valid, rows)
                 loss = loss + (1.0 - self.calibration_weight) * (
                     1.0 - _mean_over_queries(supap, has_positive))
             if self.calibration_weight > 0.0:
-                loss = loss + self.calibration_weight * self._calibration(x @ x.T, labels)
+                loss = loss + self.calibration_weight * self._calibration(similarity, labels)
             return loss
 
-    def _supap(self, x: torch.Tensor, labels: torch.Tensor, index: torch.Tensor,
-               valid: torch.Tensor) -> torch.Tensor:
-        rows = _rows_per_chunk(index.shape[1], len(labels), self.chunk_size)
+    def _supap(self, x: torch.Tensor, similarity: torch.Tensor | None, labels: torch.Tensor,
+               index: torch.Tensor, valid: torch.Tensor, rows: int) -> torch.Tensor:
         settings = (self.temperature, self.slope, self.offset, self.margin)
+        ids = torch.arange(len(labels), device=x.device)
+        if rows >= len(labels) and similarity is not None:
+            negative = _row_masks(labels, ids, labels, similarity.dtype)[2]
+            return _supap_rows(similarity, index, valid, negative, *settings)
 
         def rows_ap(queries, positive_index, is_valid, row_labels, row_ids, items):
-            similarity = queries @ items.T
-            _, positive, negative = _row_masks(row_labels, row_ids, labels, similarity.dtype)
-            return _supap_rows(similarity, positive_index, is_valid, positive, negative,
+            chunk_similarity = queries @ items.T
+            negative = _row_masks(row_labels, row_ids, labels, chunk_similarity.dtype)[2]
+            return _supap_rows(chunk_similarity, positive_index, is_valid, negative,
                                *settings)
 
-        return _chunked_over_rows(
-            rows_ap, rows,
-            (x, index, valid, labels, torch.arange(len(labels), device=x.device)), (x,))
+        return _chunked_over_rows(rows_ap, rows, (x, index, valid, labels, ids), (x,))
 
     def _calibration(self, similarity: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
         positive, negative = label_masks(labels)
