@@ -366,7 +366,7 @@ def markdown(rows: list[dict[str, Any]], batch_sizes: list[int], dim: int, repea
                           else "none (target met)") + ".")
     if failures:
         verdict.append("- Failures: " + "; ".join(failures))
-    machine = (f"{cpu_model()}, {torch.get_num_threads()} torch threads, torch "
+    machine = (f"{cpu_model()}, torch threads: {torch.get_num_threads()}, torch "
                f"{torch.__version__}, pytorch-metric-learning "
                f"{sys.modules['pytorch_metric_learning'].__version__}, fairdml "
                f"{fairdml.__version__ if hasattr(fairdml, '__version__') else '?'}")
