@@ -19,7 +19,12 @@ from fairdml.eval.metrics import (
     relevant_counts,
     retrieval_from_neighbors,
 )
-from fairdml.eval.neighbors import DEFAULT_MEMORY_BUDGET, NeighborBlock, iter_neighbors
+from fairdml.eval.neighbors import (
+    DEFAULT_MEMORY_BUDGET,
+    NeighborBlock,
+    count_ranked_before,
+    iter_neighbors,
+)
 
 METRICS = ("recall", "r_precision", "map@r", "map", "nmi", "f1")
 _AUTO_PROGRESS_WORK = 2e10
@@ -203,15 +208,9 @@ def _retrieval(
         if max(ks, default=0) <= max(base, _LIST_DEPTH):
             deep_ks = []
         depth = min(max([base] + [k for k in ks if k not in deep_ks]), available)
-        rank_of = None
         if search != "exact":
             deep_ks = []
             depth = min(max([base] + ks), available)
-        if deep_ks:
-            rank_of = best_relevant(
-                gallery if query is None else query, gallery, query_codes, gallery_codes,
-                same_set=query is None, distance=distance, memory_budget=budget // 4,
-            )
         if search == "exact":
             blocks = iter_neighbors(
                 gallery,
@@ -220,12 +219,30 @@ def _retrieval(
                 distance=distance,
                 memory_budget=budget,
                 on_step=make_step("nearest neighbours"),
-                rank_of=rank_of,
             )
         else:
             found = approximate_knn(gallery, depth, kind=search, queries=query, distance=distance)
             blocks = [NeighborBlock(0, *found)]
-        out = retrieval_from_neighbors(blocks, gallery_codes, query_codes, counts, ks, need_r)
+        count_missing = None
+        if deep_ks:
+            rows_emb = gallery if query is None else query
+
+            def count_missing(missing: torch.Tensor) -> torch.Tensor:
+                # Second pass, only for queries whose first relevant item is not listed.
+                target, target_index = best_relevant(
+                    rows_emb[missing], gallery, query_codes[missing], gallery_codes,
+                    same_set=query is None, distance=distance, memory_budget=budget // 4,
+                    self_index=missing if query is None else None,
+                )
+                return count_ranked_before(
+                    gallery, rows_emb[missing], target, target_index,
+                    self_index=missing if query is None else None,
+                    distance=distance, memory_budget=budget,
+                )
+
+        out = retrieval_from_neighbors(
+            blocks, gallery_codes, query_codes, counts, ks, need_r, count_missing
+        )
         for name in ("r_precision", "map@r"):
             if name not in wanted:
                 out.pop(name, None)

@@ -46,66 +46,41 @@ def exact_mean(values: list[torch.Tensor]) -> float:
 
 @dataclass
 class RetrievalSums:
-    """Per-query metric values of the queries with R > 0, collected block by block."""
+    """Per-query values collected block by block: the rank of the first relevant item
+    when it is in the list (-1 otherwise), and r_precision / map@r of queries with R > 0."""
 
-    recall_ks: Sequence[int]
-    recall: dict[int, int] = field(default_factory=dict)
+    num_rows: int
+    first_rank: torch.Tensor | None = None
     r_precision: list[torch.Tensor] = field(default_factory=list)
     map_at_r: list[torch.Tensor] = field(default_factory=list)
-    num_queries: int = 0
-    num_skipped: int = 0
 
     def add_block(
-        self,
-        relevance: torch.Tensor,
-        counts: torch.Tensor,
-        need_r_metrics: bool,
-        above: torch.Tensor | None = None,
+        self, start: int, relevance: torch.Tensor, counts: torch.Tensor, need_r_metrics: bool
     ) -> None:
-        """``relevance``: (n, depth) booleans of the ranked neighbours; ``counts``: R;
-        ``above``: items ranked before the best relevant item (for K beyond the depth)."""
+        """``relevance``: (n, depth) booleans of the ranked neighbours; ``counts``: R."""
+        if self.first_rank is None:
+            self.first_rank = torch.full(
+                (self.num_rows,), -1, dtype=torch.int64, device=relevance.device
+            )
+        found = relevance.any(dim=1)
+        first = torch.argmax(relevance.to(torch.int8), dim=1) + 1
+        rows = slice(start, start + relevance.shape[0])
+        self.first_rank[rows] = torch.where(found, first, -1)
         valid = counts > 0
-        self.num_skipped += int((~valid).sum())
-        self.num_queries += int(valid.sum())
-        if not bool(valid.any()):
+        if not need_r_metrics or not bool(valid.any()):
             return
         rel = relevance[valid]
         r = counts[valid]
         depth = rel.shape[1]
-        first_rank = None
-        if above is not None:
-            # Rank of the first relevant item: from the list when it is there (exact),
-            # else one past the items counted before it.
-            in_list = rel.any(dim=1)
-            first_in_list = torch.argmax(rel.to(torch.int8), dim=1) + 1
-            first_rank = torch.where(in_list, first_in_list, above[valid] + 1)
-        for k in self.recall_ks:
-            if k > depth and first_rank is not None:
-                hit = first_rank <= k
-            else:
-                hit = rel[:, : min(k, depth)].any(dim=1)
-            self.recall[k] = self.recall.get(k, 0) + int(hit.sum())
-        if need_r_metrics:
-            depth = rel.shape[1]
-            if int(r.max()) > depth:
-                raise RuntimeError(f"neighbour depth {depth} is below the largest R {int(r.max())}")
-            positions = torch.arange(1, depth + 1, device=rel.device)
-            within_r = positions[None, :] <= r[:, None]
-            hits = (rel & within_r).double()
-            r_double = r.double()
-            self.r_precision.append(hits.sum(dim=1) / r_double)
-            precision = torch.cumsum(hits, dim=1) / positions[None, :].double()
-            self.map_at_r.append((precision * hits).sum(dim=1) / r_double)
-
-    def result(self, need_r_metrics: bool) -> dict[str, float]:
-        n = self.num_queries
-        out: dict[str, float] = {}
-        for k in self.recall_ks:
-            out[f"recall@{k}"] = self.recall.get(k, 0) / n if n else float("nan")
-        if need_r_metrics:
-            out["r_precision"] = exact_mean(self.r_precision)
-            out["map@r"] = exact_mean(self.map_at_r)
-        return out
+        if int(r.max()) > depth:
+            raise RuntimeError(f"neighbour depth {depth} is below the largest R {int(r.max())}")
+        positions = torch.arange(1, depth + 1, device=rel.device)
+        within_r = positions[None, :] <= r[:, None]
+        hits = (rel & within_r).double()
+        r_double = r.double()
+        self.r_precision.append(hits.sum(dim=1) / r_double)
+        precision = torch.cumsum(hits, dim=1) / positions[None, :].double()
+        self.map_at_r.append((precision * hits).sum(dim=1) / r_double)
 
 
 def retrieval_from_neighbors(
@@ -115,17 +90,31 @@ def retrieval_from_neighbors(
     counts: torch.Tensor,
     recall_ks: Sequence[int],
     need_r_metrics: bool,
+    count_missing: Callable[[torch.Tensor], torch.Tensor] | None = None,
 ) -> dict[str, float]:
     """recall@K, r_precision and map@r from neighbour blocks of depth >= max R (when the
-    R metrics are asked for); recall@K for K beyond the depth needs ``block.above``."""
-    sums = RetrievalSums(recall_ks=list(recall_ks))
+    R metrics are asked for) and >= every K, unless ``count_missing(rows)`` is given: it
+    returns, for the query rows whose first relevant item is not in the list, how many
+    items rank before it (recall@K for K beyond the list depth)."""
+    sums = RetrievalSums(num_rows=counts.shape[0])
     for block in blocks:
         rows = slice(block.start, block.start + block.indices.shape[0])
         relevance = gallery_codes[block.indices] == query_codes[rows, None]
-        sums.add_block(relevance, counts[rows], need_r_metrics, block.above)
-    out = sums.result(need_r_metrics)
-    out["num_queries"] = float(sums.num_queries)
-    out["num_skipped_queries"] = float(sums.num_skipped)
+        sums.add_block(block.start, relevance, counts[rows], need_r_metrics)
+    valid = counts > 0
+    first_rank = sums.first_rank
+    if count_missing is not None:
+        missing = torch.nonzero(valid & (first_rank < 0)).flatten()
+        if missing.numel():
+            first_rank[missing] = count_missing(missing) + 1
+    num = int(valid.sum())
+    out: dict[str, float] = {}
+    for k in recall_ks:
+        hit = (first_rank[valid] >= 1) & (first_rank[valid] <= k)
+        out[f"recall@{k}"] = int(hit.sum()) / num if num else float("nan")
+    if need_r_metrics:
+        out["r_precision"] = exact_mean(sums.r_precision)
+        out["map@r"] = exact_mean(sums.map_at_r)
     return out
 
 
@@ -138,11 +127,13 @@ def best_relevant(
     same_set: bool,
     distance: str,
     memory_budget: int,
+    self_index: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Score and index of every query's best relevant item (highest score, lowest index).
 
     Computed class by class (each query against the gallery items of its label only), so
-    its cost is the sum of R over queries. Queries with R = 0 get (+inf, -1).
+    its cost is the sum of R over queries. Queries with R = 0 get (+inf, -1). In same-set
+    mode a query's own gallery index is ``self_index`` (default: its row number).
     """
     n, dim = rows_emb.shape
     order = torch.argsort(gallery_codes, stable=True)
@@ -161,7 +152,11 @@ def best_relevant(
         real = offsets[None, :] < sizes[codes][:, None]
         members = order[slot.clamp_max(gallery.shape[0] - 1)]
         if same_set:
-            real &= members != torch.arange(s, e, device=rows_emb.device)[:, None]
+            selves = (
+                torch.arange(s, e, device=rows_emb.device) if self_index is None
+                else self_index[s:e]
+            )
+            real &= members != selves[:, None]
         vectors = gallery[members]
         q = rows_emb[s:e]
         scores = torch.einsum("nd,nwd->nw", q, vectors)

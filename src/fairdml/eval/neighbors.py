@@ -463,6 +463,36 @@ def _plain(scorer, counter, n_rows, n_cols, k, block, same_set, distance, on_ste
         yield NeighborBlock(r.start, _finalise(values, distance), indices, above)
 
 
+def count_ranked_before(
+    gallery: torch.Tensor,
+    queries: torch.Tensor,
+    target: torch.Tensor,
+    target_index: torch.Tensor,
+    *,
+    self_index: torch.Tensor | None = None,
+    distance: str = "cosine",
+    memory_budget: int = DEFAULT_MEMORY_BUDGET,
+) -> torch.Tensor:
+    """For each query, the gallery items ranked before its target (see :class:`RankCounter`).
+
+    ``self_index`` (same-set use with a subset of the items as queries) names each query's
+    own gallery index, which is never counted. One chunked pass over queries x gallery.
+    """
+    n_rows, n_cols = queries.shape[0], gallery.shape[0]
+    block = choose_block(max(n_rows, n_cols), 1, 2 * queries.element_size(), memory_budget)
+    scorer = _ScoreBlocks(queries, gallery, distance, block)
+    counter = RankCounter(target, target_index, block)
+    for r in _bounds(n_rows, block):
+        for c in _bounds(n_cols, block):
+            scores = scorer.compute(r, c)
+            if self_index is not None:
+                local = self_index[r] - c.start
+                inside = torch.nonzero((local >= 0) & (local < c.stop - c.start)).flatten()
+                scores[inside, local[inside]] = float("-inf")
+            counter.add(r, scores, c.start)
+    return counter.above
+
+
 def exact_knn(
     gallery: torch.Tensor,
     k: int,
