@@ -35,27 +35,35 @@ def map_at_r_bruteforce(embeddings: torch.Tensor, labels: torch.Tensor) -> float
     return float(np.mean(scores))
 
 
+SIGNAL_DIM = 8
+
+
 def separable_problem(seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
-    """Inputs of NUM_CLASSES well separated clusters, hidden behind a random linear mixing."""
+    """NUM_CLASSES classes, separable in SIGNAL_DIM input dimensions and hidden by large
+    class-independent noise in the others.
+
+    A random linear embedding sees mostly the noise (MAP@R near chance, about 0.15); a
+    trained one learns to keep the signal dimensions, so a loss that trains raises MAP@R a
+    lot and one that does not cannot pass by luck.
+    """
     generator = torch.Generator().manual_seed(seed)
-    centres = torch.randn(NUM_CLASSES, INPUT_DIM, generator=generator) * 3
+    centres = torch.randn(NUM_CLASSES, SIGNAL_DIM, generator=generator) * 2
     labels = torch.arange(NUM_CLASSES).repeat_interleave(PER_CLASS)
-    inputs = centres[labels] + torch.randn(len(labels), INPUT_DIM, generator=generator)
-    return inputs, labels
+    signal = centres[labels] + 0.3 * torch.randn(len(labels), SIGNAL_DIM, generator=generator)
+    noise = 3 * torch.randn(len(labels), INPUT_DIM - SIGNAL_DIM, generator=generator)
+    return torch.cat([signal, noise], dim=1), labels
 
 
 def assert_loss_trains(loss: torch.nn.Module, *, steps: int = 60, lr: float = 0.01,
-                       seed: int = 0, min_gain: float = 0.02) -> None:
+                       seed: int = 0, min_gain: float = 0.2) -> None:
     """A few Adam steps on a tiny separable problem lower the loss and raise MAP@R.
 
-    The embedder is a random linear map initialised so that the classes are poorly
-    separated; the loss's own parameters (proxies...) are trained too.
+    The embedder is a random linear map, under which the classes are poorly separated
+    (see `separable_problem`); the loss's own parameters (proxies...) are trained too.
     """
     torch.manual_seed(seed)
     inputs, labels = separable_problem(seed)
     embedder = torch.nn.Linear(INPUT_DIM, EMBEDDING_DIM)
-    with torch.no_grad():
-        embedder.weight.mul_(0.05)
     parameters = list(embedder.parameters()) + list(loss.parameters())
     optimiser = torch.optim.Adam(parameters, lr=lr)
 
@@ -75,7 +83,7 @@ def assert_loss_trains(loss: torch.nn.Module, *, steps: int = 60, lr: float = 0.
         map_after = map_at_r_bruteforce(embed(), labels)
         loss_after = float(loss(embed(), labels))
     assert loss_after < loss_before, f"loss did not decrease: {loss_before} -> {loss_after}"
-    assert map_after >= map_before + min_gain or map_after > 0.99, (
+    assert map_after >= map_before + min_gain, (
         f"map@r did not improve: {map_before:.3f} -> {map_after:.3f}"
     )
 
