@@ -13,6 +13,15 @@ Each metric is the mean over queries with R > 0; queries with R = 0 are counted 
 ``num_skipped_queries`` and excluded. The ranking is the one of :mod:`.neighbors`: score
 descending, equal scores broken by the lower gallery index first. That convention is
 deterministic but not neutral: with tied scores it decides which item counts as found.
+
+How each is computed: r_precision and map@r from exact neighbour lists of depth max R;
+recall@K from the rank of each query's first relevant item, read off the list when it is
+there and otherwise counted (items scoring above the best relevant item's score, which is
+computed class by class; a score within float rounding of it can land on either side);
+map from exact ranks of all relevant items (:func:`full_average_precision`). Means use a
+correctly rounded sum, so they do not depend on chunk sizes or on the order of queries.
+Cosine scores of differently scaled duplicates can differ in the last bit after
+normalisation, so their "ties" are decided by rounding, as in any float32 search.
 """
 
 from __future__ import annotations
@@ -24,8 +33,6 @@ from dataclasses import dataclass, field
 import torch
 
 from fairdml.eval.neighbors import NeighborBlock, _bounds, _ScoreBlocks, choose_block
-
-RETRIEVAL_METRICS = ("recall", "r_precision", "map@r", "map")
 
 
 def relevant_counts(
