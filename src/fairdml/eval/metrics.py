@@ -295,21 +295,24 @@ def _add_exact_ties(histogram, scores, asc_vals, asc_idx, below, c, width):
     ``below`` counted them as preceding only the relevant items with strictly lower score;
     for each tie, add one at the position just past the tied relevant items it beats.
     """
-    above_or_equal = torch.searchsorted(asc_vals, scores, side="right")
-    tie_rows, tie_cols = torch.nonzero(above_or_equal > below).unbind(1)
+    # A tie means the first relevant score at or above the item equals it: one gather.
+    at = asc_vals.gather(1, below.clamp_max(width - 1))
+    tie_rows, tie_cols = torch.nonzero((below < width) & (at == scores)).unbind(1)
     if tie_rows.numel() == 0:
         return
     item = tie_cols + c.start
     lo = below[tie_rows, tie_cols]
-    hi = above_or_equal[tie_rows, tie_cols]
-    # Ascending positions lo..hi-1 hold the tied relevant items, in descending index order;
-    # the item precedes those with a higher index, i.e. a prefix lo..lo+p-1 of that run.
+    value = scores[tie_rows, tie_cols]
+    # Ascending positions lo, lo+1, ... hold the tied relevant items (a run of equal
+    # scores) in descending index order; the item precedes those with a higher index.
     beaten = torch.zeros_like(lo)
-    for offset in range(int((hi - lo).max())):
-        pos = lo + offset
-        inside = pos < hi
-        rel_index = asc_idx[tie_rows, pos.clamp_max(width - 1)]
-        beaten += (inside & (item < rel_index)).long()
+    pos = lo.clone()
+    inside = torch.ones_like(lo, dtype=torch.bool)
+    while bool(inside.any()):
+        safe = pos.clamp_max(width - 1)
+        inside &= (pos < width) & (asc_vals[tie_rows, safe] == value)
+        beaten += (inside & (item < asc_idx[tie_rows, safe])).long()
+        pos += 1
     # Moving the item's bin from ``lo`` to ``lo + beaten`` makes it precede those too.
     flat_old = tie_rows * (width + 1) + lo
     flat_new = tie_rows * (width + 1) + lo + beaten
