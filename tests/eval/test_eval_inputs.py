@@ -57,3 +57,10 @@ def test_one_item_gallery_in_same_set_mode_skips_every_query():
     out = evaluate(X[:1], Y[:1], metrics=["recall@1", "map"])
     assert out["num_skipped_queries"] == 1 and out["num_queries"] == 0
     assert np.isnan(out["recall@1"]) and np.isnan(out["map"])
+
+
+def test_progress_bar_does_not_change_results():
+    g = np.random.default_rng(1)
+    x = g.normal(size=(60, 4)).astype(np.float32)
+    y = g.integers(0, 6, 60)
+    assert evaluate(x, y, progress=True) == evaluate(x, y, progress=False)

@@ -21,7 +21,7 @@ A cluster that becomes empty takes the point farthest from its centre.
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import numpy as np
 import torch
@@ -101,8 +101,11 @@ def kmeans(
     seed: int = 0,
     max_iter: int | None = None,
     memory_budget: int = 1 << 30,
+    on_step: Callable[[int, int], None] | None = None,
 ) -> torch.Tensor:
-    """Cluster assignments (int64, length n) of the rows of ``x`` into ``k`` clusters."""
+    """Cluster assignments (int64, length n) of the rows of ``x`` into ``k`` clusters.
+
+    ``on_step(done, total)`` reports progress (initialisation, then each iteration)."""
     n, d = x.shape
     if not 1 <= k <= n:
         raise ValueError(f"k-means needs 1 <= k <= number of items ({n}), got k={k}")
@@ -113,7 +116,9 @@ def kmeans(
     centers = init_centers(x, k, generator, memory_budget)
     assign = _Assigner(x, k, memory_budget)
     labels, dist = assign(centers)
-    for _ in range(iterations):
+    if on_step:
+        on_step(1, iterations + 1)
+    for iteration in range(iterations):
         sums = torch.zeros_like(centers).index_add_(0, labels, x)
         sizes = torch.bincount(labels, minlength=k)
         empty = torch.nonzero(sizes == 0).flatten()
@@ -124,6 +129,8 @@ def kmeans(
         new_labels, dist = assign(centers)
         changed = bool((new_labels != labels).any())
         labels = new_labels
+        if on_step:
+            on_step(iteration + 2 if changed else iterations + 1, iterations + 1)
         if not changed:
             break
     return labels
@@ -161,6 +168,7 @@ def clustering_metrics(
     max_iter: int | None = None,
     memory_budget: int = 1 << 30,
     want: Sequence[str] = ("nmi", "f1"),
+    make_step: Callable[[str], Callable[[int, int], None] | None] | None = None,
 ) -> dict[str, float]:
     """Mean NMI and F1 over k-means seeds, and the population std of NMI (``nmi_std``)."""
     if num_classes < 2:
@@ -175,8 +183,10 @@ def clustering_metrics(
     classes = codes.cpu().numpy()
     nmis, f1s = [], []
     for seed in seeds:
+        step = make_step(f"k-means (seed {seed})") if make_step else None
         clusters = kmeans(
-            x, num_classes, seed=seed, max_iter=max_iter, memory_budget=memory_budget
+            x, num_classes, seed=seed, max_iter=max_iter, memory_budget=memory_budget,
+            on_step=step,
         ).cpu().numpy()
         if "nmi" in want:
             nmis.append(

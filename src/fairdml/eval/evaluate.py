@@ -177,6 +177,7 @@ def evaluate(
                     max_iter=kmeans_max_iter,
                     memory_budget=memory_budget,
                     want=sorted(wanted & {"nmi", "f1"}),
+                    make_step=make_step,
                 )
             )
     return results
