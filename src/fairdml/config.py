@@ -122,14 +122,20 @@ class TrainConfig:
 
 @dataclasses.dataclass
 class EvalConfig:
-    """Metrics computed on validation and test."""
+    """Metrics computed on validation and test.
+
+    ``rerank`` applies to the final test only; validation (model selection) always ranks
+    the plain embeddings.
+    """
 
     recall_ks: list[int] = dataclasses.field(default_factory=lambda: [1, 2, 4, 8])
     metrics: list[str] | None = None  # None: all
     val_metric: str = "map@r"  # model selection metric, on validation only
     kmeans_seeds: list[int] = dataclasses.field(default_factory=lambda: [0, 1, 2])
     batch_size: int = 256
-    flip_average: bool = False
+    flip_average: bool = False  # test-time: average embeddings of each image and its flip
+    rerank: str | None = None  # test-time: k_reciprocal | query_expansion (fairdml.evaluate)
+    rerank_params: dict[str, Any] = dataclasses.field(default_factory=dict)
 
 
 @dataclasses.dataclass
@@ -225,6 +231,17 @@ def _coerce(annotation: Any, value: Any, path: str) -> Any:
 
 def _type_name(annotation: Any) -> str:
     return " or ".join(getattr(a, "__name__", str(a)) for a in typing.get_args(annotation))
+
+
+def evaluation_options(config: EvalConfig) -> dict[str, Any]:
+    """Keyword arguments of `fairdml.evaluate` for a final test with this config."""
+    options: dict[str, Any] = {"recall_ks": tuple(config.recall_ks), "metrics": config.metrics,
+                               "kmeans_seeds": tuple(config.kmeans_seeds)}
+    if config.rerank is not None:
+        options["rerank"] = config.rerank
+        if config.rerank_params:
+            options["rerank_params"] = dict(config.rerank_params)
+    return options
 
 
 def to_dict(config: Any) -> dict[str, Any]:

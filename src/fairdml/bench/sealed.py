@@ -15,7 +15,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from fairdml.config import RunConfig
+from fairdml.config import RunConfig, evaluation_options
 from fairdml.data.table import SampleTable
 
 
@@ -40,8 +40,7 @@ class SealedTest:
         from fairdml import evaluate
 
         table = self.__table
-        options = {"recall_ks": tuple(config.eval.recall_ks), "metrics": config.eval.metrics,
-                   "kmeans_seeds": tuple(config.eval.kmeans_seeds), "progress": False}
+        options = {**evaluation_options(config.eval), "progress": False}
         if table.is_query.all() and table.is_gallery.all():
             return evaluate(embeddings, table.labels, **options)
         queries, gallery = torch.from_numpy(table.is_query), torch.from_numpy(table.is_gallery)

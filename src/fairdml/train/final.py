@@ -14,7 +14,7 @@ from typing import Any
 import torch
 
 from fairdml import data
-from fairdml.config import RunConfig, from_dict
+from fairdml.config import RunConfig, evaluation_options, from_dict
 from fairdml.train import checkpoint
 from fairdml.train.embeddings import compute_embeddings
 from fairdml.train.trainer import BEST, build_model, build_transforms, resolve_device
@@ -65,8 +65,7 @@ def final_test(run_dir: str | Path, *, write: bool = True,
     device = resolve_device(config.train.device)
     table = data.load(config.data.name, config.data.root).with_split("test")
     embeddings = embed_split(run_dir, config, table, device)
-    options = {"recall_ks": tuple(config.eval.recall_ks), "metrics": config.eval.metrics,
-               "kmeans_seeds": tuple(config.eval.kmeans_seeds), **(options or {})}
+    options = {**evaluation_options(config.eval), **(options or {})}
     if table.is_query.all() and table.is_gallery.all():
         metrics = evaluate(embeddings, table.labels, **options)
     else:  # In-Shop style: query rows search the gallery rows only
