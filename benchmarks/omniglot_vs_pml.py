@@ -64,7 +64,7 @@ def train_pml(table, epochs: int, seed: int) -> dict[str, float]:
     seed_everything(seed)
     train = table.with_split("train")
     targets, _ = labels_to_indices(train.labels)
-    dataset = TableDataset(train, transforms.create("omniglot", train=True),
+    dataset = TableDataset(train, transforms.create("omniglot", train=True, in_channels=1),
                            label_to_index={c: i for i, c in
                                            enumerate(labels_to_indices(train.labels)[1])})
     sampler = samplers.MPerClassSampler(targets, m=4, batch_size=64,
@@ -84,7 +84,7 @@ def train_pml(table, epochs: int, seed: int) -> dict[str, float]:
             optimizer.step()
     test = table.with_split("test")
     embeddings = compute_embeddings(model, TableDataset(test, transforms.create(
-        "omniglot", train=False)), device=torch.device("cpu"))
+        "omniglot", train=False, in_channels=1)), device=torch.device("cpu"))
     return evaluate(embeddings, test.labels, metrics=["recall@1", "map@r", "r_precision"],
                     recall_ks=(1,))
 
