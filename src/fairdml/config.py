@@ -113,6 +113,7 @@ class TrainConfig:
     amp: bool = True  # mixed precision on CUDA (ignored on CPU)
     seed: int = 0
     device: str = "auto"
+    threads: int | None = None  # torch intra-op threads on CPU; None: torch's default
     val_every: int = 1
     early_stopping_patience: int | None = None  # validations without improvement
     log_every: int = 10

@@ -132,3 +132,10 @@ def test_csv_without_split_needs_two_classes(basic_class_tree):
     csv_path = _write_csv(basic_class_tree, "path,label\na/000.png,1\na/001.png,1\n")
     with pytest.raises(CSVFormatError, match="dataset.csv: no split column, and .* 2 classes"):
         data.load("folder", csv_path)
+
+
+def test_an_empty_class_folder_is_a_clear_error(basic_class_tree):
+    (basic_class_tree / "e").mkdir()
+    (basic_class_tree / "e" / "notes.txt").write_text("no images here")
+    with pytest.raises(ValueError, match=r"class folder .*/e holds no image"):
+        data.load("folder", basic_class_tree)

@@ -134,3 +134,26 @@ def test_standard_transform_follows_the_trunk_convention():
     torch.testing.assert_close(image[:, 100, 100],
                                torch.tensor([(1 - 0.485) / 0.229, -0.456 / 0.224,
                                              -0.406 / 0.225]))
+
+
+def test_cli_names_a_corrupt_image_and_keeps_nothing_half_written(tmp_path):
+    import numpy as np
+    from PIL import Image
+
+    root = tmp_path / "images"
+    for c in range(8):
+        for i in range(4):
+            path = root / f"class{c}" / f"{i}.png"
+            path.parent.mkdir(parents=True, exist_ok=True)
+            Image.fromarray(np.full((28, 28), 40 * i + c, dtype=np.uint8)).save(path)
+    corrupt = root / "class1" / "2.png"
+    corrupt.write_bytes(b"\x89PNG\r\n\x1a\n not really a png")
+    done = subprocess.run(
+        [sys.executable, "-m", "fairdml.cli", "train", "demo", "data.name=folder",
+         f"data.root={root}", "data.transform=omniglot", "data.val_fold=null",
+         "data.classes_per_batch=2", "data.samples_per_class=4", "train.epochs=1",
+         "train.progress=false", "--out", str(tmp_path / "run")],
+        capture_output=True, text=True, timeout=300)
+    assert done.returncode == 1, done.stderr
+    assert str(corrupt) in done.stderr
+    assert not (tmp_path / "run" / "metrics.json").exists()

@@ -13,6 +13,7 @@ import torch
 # Config keys that may change between a run and its resumption.
 RESUMABLE_CHANGES = frozenset({
     "train.epochs", "train.progress", "train.device", "train.tensorboard", "train.log_every",
+    "train.threads",
     "data.num_workers", "data.root", "data.download", "eval.batch_size",
 })
 

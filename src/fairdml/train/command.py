@@ -45,7 +45,14 @@ def run(args: argparse.Namespace) -> int:
     except (ConfigError, RunDirectoryError, FileNotFoundError, ValueError, KeyError) as error:
         print(f"error: {error.args[0] if error.args else error}", file=sys.stderr)
         return 2
-    summary = trainer.fit()
+    from fairdml.data.dataset import ImageReadError
+
+    try:
+        summary = trainer.fit()
+    except (ImageReadError, FloatingPointError) as error:
+        print(f"error: {error}\nthe last finished epoch is kept in {run_dir}; fix the cause "
+              "and continue with --resume", file=sys.stderr)
+        return 1
     if distributed.is_main():
         print(f"run directory: {run_dir}")
         print(f"best epoch {summary['best_epoch']}: validation "

@@ -125,6 +125,8 @@ class Trainer:
         self.config = config
         self.run_dir = Path(run_dir)
         self.device = resolve_device(config.train.device)
+        if config.train.threads is not None:
+            torch.set_num_threads(config.train.threads)
         self._prepare_run_directory(resume)
         seed_everything(config.train.seed)
 

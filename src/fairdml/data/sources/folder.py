@@ -249,6 +249,10 @@ def _scan_classes(folder: Path, root: Path) -> tuple[list[str], list[str]]:
     labels: list[str] = []
     for class_folder in _visible_subfolders(folder):
         images = _images_under(class_folder)
+        if not images:
+            raise ValueError(f"class folder {class_folder} holds no image (expected files with "
+                             f"a suffix in {sorted(IMAGE_SUFFIXES)}); remove it or add its "
+                             "images: an empty class cannot be sampled or evaluated")
         paths += [p.relative_to(root).as_posix() for p in images]
         labels += [class_folder.name] * len(images)
     return paths, labels
