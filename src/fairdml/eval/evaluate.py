@@ -25,6 +25,7 @@ from fairdml.eval.neighbors import (
     count_ranked_before,
     iter_neighbors,
 )
+from fairdml.eval.rerank import check_rerank, reranked_retrieval
 
 METRICS = ("recall", "r_precision", "map@r", "map", "nmi", "f1")
 _AUTO_PROGRESS_WORK = 2e10
@@ -111,6 +112,8 @@ def evaluate(
     memory_budget: int = DEFAULT_MEMORY_BUDGET,
     progress: bool | None = None,
     search: str = "exact",
+    rerank: str | None = None,
+    rerank_params: dict | None = None,
 ) -> dict[str, float]:
     """Retrieval and clustering metrics of embeddings, exact (definitions in :mod:`.metrics`
     and :mod:`.clustering`).
@@ -130,8 +133,15 @@ def evaluate(
     Returns ``recall@K``, ``r_precision``, ``map@r``, ``map``, ``nmi``, ``nmi_std``, ``f1``
     (those asked for), and ``num_queries`` / ``num_skipped_queries`` (queries with no
     relevant gallery item, excluded from the retrieval means) with any retrieval metric.
+
+    ``rerank`` (``"k_reciprocal"`` or ``"query_expansion"``, parameters in
+    ``rerank_params``) re-ranks before the retrieval metrics, exactly as documented in
+    :mod:`.rerank` (needs ``search="exact"``); clustering metrics are unaffected.
     """
     check_distance(distance)
+    check_rerank(rerank, rerank_params)
+    if rerank is not None and search != "exact":
+        raise ValueError(f"rerank={rerank!r} needs search='exact', got search={search!r}")
     if search not in ("exact", *APPROXIMATE_KINDS):
         raise ValueError(f"search must be 'exact' or one of {APPROXIMATE_KINDS}, got {search!r}")
     wanted, ks = parse_metrics(metrics, recall_ks)
@@ -155,12 +165,20 @@ def evaluate(
             counts = relevant_counts(
                 data.gallery_codes, query_codes, data.num_classes, data.same_set
             )
-            results.update(
-                _retrieval(
-                    gallery, query, data.gallery_codes, query_codes, counts, wanted, ks,
-                    distance, memory_budget, make_step, search,
+            if rerank is not None:
+                results.update(
+                    reranked_retrieval(
+                        rerank, rerank_params, gallery, query, data.gallery_codes,
+                        query_codes, counts, wanted, ks, distance, memory_budget, make_step,
+                    )
                 )
-            )
+            else:
+                results.update(
+                    _retrieval(
+                        gallery, query, data.gallery_codes, query_codes, counts, wanted, ks,
+                        distance, memory_budget, make_step, search,
+                    )
+                )
         if wanted & {"nmi", "f1"}:
             items = gallery if query is None else torch.cat([gallery, query])
             codes = (
