@@ -69,7 +69,8 @@ def check_rerank(method: str | None, params: dict[str, Any] | None) -> dict[str,
     """The full parameters of ``method`` (defaults filled in), validated.
 
     ``k_reciprocal``: ``k1`` (int >= 1), ``k2`` (int >= 1), ``lambda`` (in [0, 1]),
-    ``candidates`` (int >= 1 or None: max(2 k1, the depth the metrics need)).
+    ``candidates`` (int >= 1 or None: 2 k1, and in :func:`reranked_retrieval` max(2 k1,
+    max R) when r_precision or map@r is asked for).
     ``query_expansion``: ``num_neighbors`` (int >= 1), ``alpha`` (float >= 0).
     """
     if method is None:
@@ -281,8 +282,11 @@ def k_reciprocal_rerank(
     return final, reranked
 
 
-def _k_reciprocal(gallery, queries, k1, k2, lambda_value, candidates, distance, budget):
-    """(sorted d*, re-ranked indices, original indices) of :func:`k_reciprocal_rerank`."""
+def _k_reciprocal(gallery, queries, k1, k2, lambda_value, candidates, distance, budget,
+                  list_depth=None):
+    """(sorted d*, re-ranked indices, original indices) of :func:`k_reciprocal_rerank`;
+    with ``list_depth`` > candidates the lists go on to that depth in the original order
+    (d* of those entries is not computed: +inf)."""
     check_rerank("k_reciprocal", {"k1": k1, "k2": k2, "lambda": lambda_value,
                                   "candidates": candidates})
     same_set = queries is None
@@ -291,7 +295,8 @@ def _k_reciprocal(gallery, queries, k1, k2, lambda_value, candidates, distance, 
     if available < 1:
         raise ValueError("k-reciprocal re-ranking needs at least one gallery candidate per "
                          f"query; got a gallery of {n_gallery} item(s)")
-    depth = min(candidates if candidates is not None else 2 * k1, available)
+    head = min(candidates if candidates is not None else 2 * k1, available)
+    depth = min(max(head, list_depth or 0), available)
     union = gallery if same_set else torch.cat([queries, gallery])
     n = union.shape[0]
     own_depth = min(max(k1, k2 - 1, depth if same_set else 1), n - 1)
@@ -309,13 +314,17 @@ def _k_reciprocal(gallery, queries, k1, k2, lambda_value, candidates, distance, 
                              memory_budget=budget)
         query_rows = torch.arange(queries.shape[0], device=union.device)
         offset = queries.shape[0]
-    jaccard = _jaccard(encoded, query_rows, found + offset, budget // 2)
+    jaccard = _jaccard(encoded, query_rows, found[:, :head] + offset, budget // 2)
     original = _squared_distance(
-        union, query_rows.repeat_interleave(depth), (found + offset).reshape(-1), budget // 4
-    ).view(found.shape) / scale
+        union, query_rows.repeat_interleave(head), (found[:, :head] + offset).reshape(-1),
+        budget // 4,
+    ).view(jaccard.shape) / scale
     final = (1 - lambda_value) * jaccard + lambda_value * original
     order = torch.sort(final, dim=1, stable=True).indices
-    return final.gather(1, order), found.gather(1, order), found
+    tail = torch.full((found.shape[0], depth - head), float("inf"), dtype=final.dtype,
+                      device=final.device)
+    reranked = torch.cat([found[:, :head].gather(1, order), found[:, head:]], dim=1)
+    return torch.cat([final.gather(1, order), tail], dim=1), reranked, found
 
 
 # ---------------------------------------------------------------- average query expansion
@@ -430,9 +439,11 @@ def reranked_retrieval(
                                      memory_budget=budget)
             head = 0
         else:
-            head = min(max(full["candidates"] or 2 * full["k1"], depth), available)
+            head = full["candidates"] or max(2 * full["k1"], base)
+            head = min(head, available)
             _, found, original = _k_reciprocal(
-                gallery, query, full["k1"], full["k2"], full["lambda"], head, distance, budget
+                gallery, query, full["k1"], full["k2"], full["lambda"], head, distance, budget,
+                list_depth=depth,
             )
         deep = [k for k in ks if k > found.shape[1]]
         count_missing = None
@@ -461,7 +472,8 @@ def reranked_retrieval(
                 distance=distance, memory_budget=budget, on_step=on_step,
             )
             if head and bool(valid.any()):
-                mean_ap += _head_change(original, found, gallery_codes, query_codes, counts)
+                mean_ap += _head_change(original[:, :head], found[:, :head], gallery_codes,
+                                        query_codes, counts)
             out["map"] = mean_ap
     elif ks or need_r or "map" in wanted:
         out = {f"recall@{k}": float("nan") for k in ks}
