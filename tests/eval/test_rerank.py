@@ -4,6 +4,8 @@ where re-ranking must fix a wrong first neighbour, both modes, bad parameters, b
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import pytest
 import torch
@@ -304,3 +306,21 @@ def test_memory_stays_far_below_a_dense_matrix():
         k_reciprocal_rerank(g, k1=20, k2=6, memory_budget=4 << 20)
         query_expansion(g, num_neighbors=3, memory_budget=4 << 20)
     assert 0 < watch.largest < n * n // 8, (watch.largest, watch.op)
+
+
+def test_fairdml_eval_command_rerank_flags(tmp_path):
+    from fairdml.cli import main
+
+    x, labels = clustered(6, 5, 8, 0.8, seed=9)
+    path = tmp_path / "emb.npz"
+    np.savez(path, embeddings=x, labels=labels)
+    out = tmp_path / "m.json"
+    code = main(["eval", "--embeddings", str(path), "--metrics", "map@r", "--no-progress",
+                 "--rerank", "k_reciprocal", "--rerank-k1", "4", "--rerank-k2", "2",
+                 "--rerank-lambda", "0.5", "--out", str(out)])
+    assert code == 0
+    want = evaluate(x, labels, metrics=["map@r"], rerank="k_reciprocal",
+                    rerank_params={"k1": 4, "k2": 2, "lambda": 0.5})
+    assert json.loads(out.read_text())["map@r"] == pytest.approx(want["map@r"])
+    with pytest.raises(SystemExit, match="--rerank-alpha need --rerank"):
+        main(["eval", "--embeddings", str(path), "--rerank-alpha", "2"])

@@ -41,6 +41,18 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--search", choices=("exact", "faiss-ivf", "faiss-hnsw"),
                         default="exact", help="neighbour search (faiss ones are approximate)")
     parser.add_argument("--no-progress", action="store_true")
+    parser.add_argument("--rerank", choices=("k_reciprocal", "query_expansion"), default=None,
+                        help="re-rank before the retrieval metrics (fairdml.eval.rerank)")
+    parser.add_argument("--rerank-k1", type=int, default=None, help="k_reciprocal: k1 (20)")
+    parser.add_argument("--rerank-k2", type=int, default=None, help="k_reciprocal: k2 (6)")
+    parser.add_argument("--rerank-lambda", type=float, default=None,
+                        help="k_reciprocal: lambda (0.3)")
+    parser.add_argument("--rerank-candidates", type=int, default=None,
+                        help="k_reciprocal: neighbours re-ranked per query (2 k1, or max R)")
+    parser.add_argument("--rerank-neighbors", type=int, default=None,
+                        help="query_expansion: neighbours averaged into each query (2)")
+    parser.add_argument("--rerank-alpha", type=float, default=None,
+                        help="query_expansion: alpha-QE exponent (0: plain average)")
 
 
 def load_npz(path: Path) -> dict[str, np.ndarray]:
@@ -70,7 +82,25 @@ def _options(args: argparse.Namespace) -> dict[str, Any]:
         "memory_budget": args.memory_budget_mib * 2**20,
         "progress": False if args.no_progress else None,
         "search": args.search,
+        **_rerank_options(args),
     }
+
+
+_RERANK_FLAGS = {"k1": "rerank_k1", "k2": "rerank_k2", "lambda": "rerank_lambda",
+                 "candidates": "rerank_candidates", "num_neighbors": "rerank_neighbors",
+                 "alpha": "rerank_alpha"}
+
+
+def _rerank_options(args: argparse.Namespace) -> dict[str, Any]:
+    """``rerank`` / ``rerank_params`` of evaluate() from the --rerank* flags (only when set)."""
+    params = {key: getattr(args, flag) for key, flag in _RERANK_FLAGS.items()
+              if getattr(args, flag, None) is not None}
+    if getattr(args, "rerank", None) is None:
+        if params:
+            flags = sorted("--" + _RERANK_FLAGS[k].replace("_", "-") for k in params)
+            raise SystemExit(f"fairdml eval: {', '.join(flags)} need --rerank")
+        return {}
+    return {"rerank": args.rerank, "rerank_params": params}
 
 
 def print_table(results: dict[str, float], title: str) -> None:

@@ -83,14 +83,15 @@ def final_test(run_dir: str | Path, *, write: bool = True,
     return metrics
 
 
-RUN_OPTIONS = ("metrics", "distance", "memory_budget", "progress")
+RUN_OPTIONS = ("metrics", "distance", "memory_budget", "progress", "rerank", "rerank_params")
 
 
 def evaluate_run(run_dir: str | Path, **options: Any) -> dict[str, Any]:
     """`fairdml eval RUN_DIR`: test metrics of the selected checkpoint (written to metrics.json).
 
-    Of the command's options, ``metrics`` (when given), ``distance``, ``memory_budget`` and
-    ``progress`` apply; recall@K and the k-means seeds are the run's own (``eval`` config),
+    Of the command's options, ``metrics`` (when given), ``distance``, ``memory_budget``,
+    ``progress`` and ``rerank`` / ``rerank_params`` (when given, instead of the run's
+    ``eval.rerank``) apply; recall@K and the k-means seeds are the run's own (``eval`` config),
     so that the numbers match those recorded at the end of training.
     """
     chosen = {key: options[key] for key in RUN_OPTIONS
