@@ -126,13 +126,26 @@ class SparseRows:
 
 def _squared_distance(x: torch.Tensor, rows: torch.Tensor, cols: torch.Tensor,
                       budget: int) -> torch.Tensor:
-    """|x[rows] - x[cols]|^2 for matching 1-D index arrays, in chunks that fit ``budget``."""
+    """|x[rows] - x[cols]|^2 = |a|^2 + |b|^2 - 2 a.b (clamped at 0) for matching 1-D index
+    arrays, in chunks that fit ``budget``."""
     out = torch.empty(rows.shape, dtype=x.dtype, device=x.device)
-    step = max(1, budget // (4 * x.shape[1] * x.element_size()))
+    norms = (x * x).sum(dim=1)
+    step = max(1, budget // (64 * x.shape[1] * x.element_size()))
     for s in range(0, rows.numel(), step):
-        a, b = x[rows[s:s + step]], x[cols[s:s + step]]
-        out[s:s + step] = ((a - b) ** 2).sum(dim=1)
+        r, c = rows[s:s + step], cols[s:s + step]
+        dots = (x.index_select(0, r) * x.index_select(0, c)).sum(dim=1)
+        out[s:s + step] = (norms[r] + norms[c] - 2 * dots).clamp_min(0)
     return out
+
+
+def _distance_from_scores(x: torch.Tensor, scores: torch.Tensor, rows: torch.Tensor,
+                          found: torch.Tensor, distance: str) -> torch.Tensor:
+    """Squared distances of the searched pairs from their search scores (no new products):
+    cosine scores are dot products, euclidean scores are minus squared distances."""
+    if distance == "euclidean":
+        return -scores
+    norms = (x * x).sum(dim=1)
+    return (norms[rows][:, None] + norms[found] - 2 * scores).clamp_min(0)
 
 
 def _reciprocal_mask(lists: torch.Tensor, k: int, step: int) -> torch.Tensor:
@@ -185,14 +198,26 @@ def _rows_to_sparse(n: int, rows: torch.Tensor, cols: torch.Tensor,
     return SparseRows(start, cols, values)
 
 
-def _encoding(x: torch.Tensor, lists: torch.Tensor, k1: int, scale: float,
-              budget: int) -> SparseRows:
+def _encoding(x: torch.Tensor, lists: torch.Tensor, list_distances: torch.Tensor, k1: int,
+              scale: float, budget: int) -> SparseRows:
     """V: the Gaussian-kernel encoding of each item's expanded k-reciprocal set, rows
-    summing to 1."""
+    summing to 1. ``list_distances`` are the squared distances along ``lists``; pairs
+    outside the lists are computed."""
     n = x.shape[0]
     step = max(1, budget // (256 * (k1 + 1) ** 2))
     rows, cols = _expanded_sets(lists, k1, step)
-    weights = torch.exp(-_squared_distance(x, rows, cols, budget) / scale)
+    squared = torch.empty(rows.shape, dtype=x.dtype, device=x.device)
+    known = torch.zeros(rows.shape, dtype=torch.bool, device=x.device)
+    chunk = max(1, budget // (16 * lists.shape[1]))
+    for s in range(0, rows.numel(), chunk):
+        part = slice(s, s + chunk)
+        hit = lists[rows[part]] == cols[part, None]
+        known[part] = hit.any(dim=1)
+        squared[part] = list_distances[rows[part]].gather(1, hit.to(torch.int8).argmax(dim=1,
+                                                          keepdim=True))[:, 0]
+    unknown = torch.nonzero(~known).flatten()
+    squared[unknown] = _squared_distance(x, rows[unknown], cols[unknown], budget)
+    weights = torch.exp(-squared / scale)
     sums = torch.zeros(n, dtype=weights.dtype, device=x.device).index_add_(0, rows, weights)
     return _rows_to_sparse(n, rows, cols, weights / sums[rows])
 
@@ -224,37 +249,46 @@ def _local_expansion(v: SparseRows, lists: torch.Tensor, k2: int) -> SparseRows:
     return _rows_to_sparse(n, rows, unique - rows * (n + 1), values / k2)
 
 
+def _padded(v: SparseRows, fill_column: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Every row of ``v`` as (n, max row length) columns and values, padded with
+    ``fill_column`` and 0."""
+    lengths = v.start[1:] - v.start[:-1]
+    width = max(int(lengths.max()), 1)
+    offsets = torch.arange(width, device=lengths.device)
+    real = offsets[None, :] < lengths[:, None]
+    at = (v.start[:-1, None] + offsets[None, :]).clamp_max(max(v.columns.numel() - 1, 0))
+    columns = torch.where(real, v.columns[at], fill_column)
+    values = torch.where(real, v.values[at], torch.zeros((), dtype=v.values.dtype))
+    return columns, values
+
+
 def _jaccard(v: SparseRows, query_rows: torch.Tensor, candidate_rows: torch.Tensor,
              budget: int) -> torch.Tensor:
     """d_J between each query row and each of its candidates (same shape as candidates).
 
-    sum_j min(V_p[j], V_g[j]) runs over the nonzeros of V_g, each looked up in V_p by a
-    binary search over the globally sorted keys row * width + column; sum max = sum V_p +
-    sum V_g - sum min.
+    For a chunk of queries, V_p is scattered into a (chunk, n) buffer, so that
+    sum_j min(V_p[j], V_g[j]) over the nonzeros of V_g is one gather; the buffer is
+    cleared entry by entry afterwards. sum max = sum V_p + sum V_g - sum min.
     """
     n_q, depth = candidate_rows.shape
     n = v.start.numel() - 1
-    lengths = v.start[1:] - v.start[:-1]
-    row_of = torch.repeat_interleave(torch.arange(n, device=lengths.device), lengths)
-    keys = row_of * (n + 1) + v.columns
-    sums = torch.zeros(n, dtype=v.values.dtype, device=lengths.device)
-    sums.index_add_(0, row_of, v.values)
-    mean_length = max(1.0, float(lengths[candidate_rows.reshape(-1)].double().mean()))
-    step = max(1, int(budget // (depth * mean_length * 64)))
-    out = torch.empty(candidate_rows.shape, dtype=v.values.dtype, device=v.values.device)
+    columns, values = _padded(v, n)  # column n is a padding column, always 0 in the buffer
+    width = columns.shape[1]
+    sums = values.sum(dim=1)
+    step = max(1, min(1024, budget // (4 * (n + 1) + 24 * depth * width)))
+    buffer = torch.zeros((min(step, n_q), n + 1), dtype=values.dtype, device=values.device)
+    out = torch.empty(candidate_rows.shape, dtype=values.dtype, device=values.device)
     for s in range(0, n_q, step):
         e = min(n_q, s + step)
-        pair_query = query_rows[s:e].repeat_interleave(depth)
-        pair_item = candidate_rows[s:e].reshape(-1)
-        pair, at = _gather_rows(v, pair_item)
-        wanted = pair_query[pair] * (n + 1) + v.columns[at]
-        found = torch.searchsorted(keys, wanted).clamp_max(keys.numel() - 1)
-        hit = keys[found] == wanted
-        low = torch.where(hit, torch.minimum(v.values[found], v.values[at]), 0.0)
-        shared = torch.zeros(pair_item.numel(), dtype=low.dtype, device=low.device)
-        shared.index_add_(0, pair, low)
-        total = sums[pair_query] + sums[pair_item]
-        out[s:e] = (1 - shared / (total - shared)).view(e - s, depth)
+        local = torch.arange(e - s, device=values.device)[:, None]
+        q_cols = columns[query_rows[s:e]]
+        buffer[local, q_cols] = values[query_rows[s:e]]
+        items = candidate_rows[s:e]
+        looked = buffer[: e - s].gather(1, columns[items].view(e - s, depth * width))
+        shared = torch.minimum(looked.view(e - s, depth, width), values[items]).sum(dim=2)
+        buffer[local, q_cols] = 0
+        total = sums[query_rows[s:e]][:, None] + sums[items]
+        out[s:e] = 1 - shared / (total - shared)
     return out
 
 
@@ -300,25 +334,29 @@ def _k_reciprocal(gallery, queries, k1, k2, lambda_value, candidates, distance, 
     union = gallery if same_set else torch.cat([queries, gallery])
     n = union.shape[0]
     own_depth = min(max(k1, k2 - 1, depth if same_set else 1), n - 1)
-    _, nearest = exact_knn(union, own_depth, distance=distance, memory_budget=budget)
-    lists = torch.cat([torch.arange(n, device=union.device)[:, None], nearest], dim=1)
+    near_scores, nearest = exact_knn(union, own_depth, distance=distance, memory_budget=budget)
+    everyone = torch.arange(n, device=union.device)
+    lists = torch.cat([everyone[:, None], nearest], dim=1)
+    list_distances = torch.cat([
+        torch.zeros((n, 1), dtype=union.dtype, device=union.device),
+        _distance_from_scores(union, near_scores, everyone, nearest, distance),
+    ], dim=1)
     k1 = min(k1, n - 1)
     scale = float((2 * union.norm(dim=1).max()) ** 2) or 1.0
-    encoded = _local_expansion(_encoding(union, lists, k1, scale, budget), lists, k2)
+    encoded = _encoding(union, lists, list_distances, k1, scale, budget)
+    encoded = _local_expansion(encoded, lists, k2)
     if same_set:
         query_rows = torch.arange(n, device=union.device)
-        found = nearest[:, :depth]
+        found, scores = nearest[:, :depth], near_scores[:, :depth]
         offset = 0
     else:
-        _, found = exact_knn(gallery, depth, queries=queries, distance=distance,
-                             memory_budget=budget)
+        scores, found = exact_knn(gallery, depth, queries=queries, distance=distance,
+                                  memory_budget=budget)
         query_rows = torch.arange(queries.shape[0], device=union.device)
         offset = queries.shape[0]
-    jaccard = _jaccard(encoded, query_rows, found[:, :head] + offset, budget // 2)
-    original = _squared_distance(
-        union, query_rows.repeat_interleave(head), (found[:, :head] + offset).reshape(-1),
-        budget // 4,
-    ).view(jaccard.shape) / scale
+    jaccard = _jaccard(encoded, query_rows, found[:, :head] + offset, budget // 4)
+    original = _distance_from_scores(union, scores[:, :head], query_rows,
+                                     found[:, :head] + offset, distance) / scale
     final = (1 - lambda_value) * jaccard + lambda_value * original
     order = torch.sort(final, dim=1, stable=True).indices
     tail = torch.full((found.shape[0], depth - head), float("inf"), dtype=final.dtype,
