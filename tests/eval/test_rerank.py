@@ -250,6 +250,7 @@ def test_lambda_one_keeps_the_original_order():
         ("query_expansion", {"alpha": -1}, "alpha must be a finite number >= 0, got -1"),
         ("query_expansion", {"k1": 3}, r"expected \['alpha', 'num_neighbors'\]"),
         (None, {"k1": 3}, "given without rerank"),
+        ("k_reciprocal", [("k1", 3)], "rerank_params must be a dict"),
     ],
 )
 def test_bad_parameters_are_refused_with_clear_errors(method, params, message):

@@ -20,8 +20,14 @@ data, (2 max_i |x_i|)^2, so d lies in [0, 1]; for L2-normalised (cosine) embeddi
 (1 - cos) / 2. The authors' released code instead divides each row by its own largest
 distance, which needs a full extra pass over all pairs; the fixed bound keeps the
 weights in the same [e^-1, 1] range without it. Only a query's first ``candidates``
-neighbours (exact search) are re-ranked by d*; the items after them keep their original
-order (a re-ranking of the head of the list, as every sparse implementation does).
+neighbours (exact search) are re-ranked by d* (equal d* keep their original order); the
+items after them keep their original order.
+
+Memory, with N = |U|: the exact top-k search of :mod:`.neighbors` (its own budget), the
+lists N x (max(k1, k2 - 1, candidates) + 1), the reciprocal sets N x (k1 + 1), V as
+compressed rows (at most |R*| <= (k1 + 1)(round(k1 / 2) + 2) nonzeros a row, k2 times that
+after local expansion), and a (chunk x N) buffer for the Jaccard sums: O(N k), no N x N
+array (tested by watching every tensor an operation returns).
 
 **Average query expansion** (Chum, Philbin, Sivic, Isard, Zisserman, "Total Recall",
 ICCV 2007; alpha weights as in Radenovic, Tolias, Chum, "Fine-tuning CNN Image Retrieval
@@ -80,6 +86,9 @@ def check_rerank(method: str | None, params: dict[str, Any] | None) -> dict[str,
         return {}
     if method not in METHODS:
         raise ValueError(f"unknown rerank method {method!r}; expected one of {list(METHODS)}")
+    if params is not None and not isinstance(params, dict):
+        raise ValueError(f"rerank_params must be a dict of parameters of {method!r}, got "
+                         f"{type(params).__name__} {params!r}")
     params = dict(params or {})
     unknown = sorted(set(params) - set(DEFAULTS[method]))
     if unknown:
@@ -447,7 +456,8 @@ def reranked_retrieval(
     """Retrieval metrics of :func:`fairdml.evaluate` after re-ranking (same keys).
 
     ``query_expansion``: every metric is exact on the expanded queries (recall@K beyond
-    the listed depth by counting, ``map`` over the full ranking). ``k_reciprocal``: the
+    the listed depth by counting, ``map`` over the full ranking); a gallery with fewer
+    than ``num_neighbors`` candidates averages all of them. ``k_reciprocal``: the
     first ``candidates`` items are re-ranked and the rest of the ranking is unchanged, so
     recall@K beyond the list is counted in the original ranking (the first relevant item
     lies after the re-ranked head) and ``map`` is the original full-ranking AP with the
