@@ -129,3 +129,32 @@ def test_rank_counter_agrees_between_paths_and_with_brute_force():
                                 rank_of=(target, target_index))
         above = torch.cat([b.above for b in blocks])
         assert above.tolist() == want
+
+
+def test_tile_candidates_equal_a_plain_comparison():
+    from fairdml.eval.neighbors import column_candidates, row_candidates
+
+    g = torch.Generator().manual_seed(3)
+    scores = torch.randn(70, 45, generator=g).round(decimals=1)  # ties at the thresholds
+    row_threshold = scores.kthvalue(40, dim=1).values
+    column_threshold = scores.kthvalue(65, dim=0).values
+    rows, columns = row_candidates(scores, row_threshold, 8, 1.0)
+    want = torch.nonzero(scores >= row_threshold[:, None])
+    assert torch.equal(torch.stack([rows, columns], 1), want)
+    columns, rows = column_candidates(scores, column_threshold, 8, 1.0)
+    got = sorted(zip(columns.tolist(), rows.tolist()))
+    want = torch.nonzero(scores.T >= column_threshold[:, None]).tolist()
+    assert got == [tuple(w) for w in want]
+    assert columns.tolist() == sorted(columns.tolist())  # grouped by column
+    assert row_candidates(scores, row_threshold, 8, 0.01) is None
+
+
+def test_search_restores_the_thread_setting():
+    before = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        x = torch.nn.functional.normalize(torch.randn(300, 8), dim=1)
+        exact_knn(x, 5, block_size=64)
+        assert torch.get_num_threads() == 2
+    finally:
+        torch.set_num_threads(before)

@@ -19,22 +19,28 @@ multiply-adds. The plain path used when the symmetric state does not fit the mem
 budget computes block (p, q) with p > q as the transpose of the same ``A_q A_p^T``, so both
 paths see bit-identical scores and return identical neighbours.
 
-Speed: after a block has filled a row's top-k, a later block only contributes the entries
-at or above the row's current k-th score; these are found with one comparison pass and
-``nonzero`` and merged, instead of a ``topk`` over the whole block (dense blocks, for
-example the first one of each row, use ``topk``).
+Speed: after the diagonal blocks have filled every row's top-k, a block only contributes
+the entries at or above the row's current k-th score (the threshold, exact after every
+block because each block's candidates are merged at once). They are found from the maxima
+of 32-wide tiles of the row-major block: one reduction pass per direction (rows of the
+block, and rows of its transpose via tiles of 32 rows), then only the hit tiles are read
+again, so the transposed direction needs no strided pass and no copy. On CPU the matrix
+products use all intra-op threads and the bookkeeping between them one thread: the many
+small operations would otherwise each pay an OpenMP fork/join, which on a busy machine
+costs more than the operation itself.
 
 Memory: ``memory_budget`` bytes (default 1 GiB) bound the extra memory beyond the
 normalised copy of the embeddings and the returned ``(n, k)`` arrays: the score block
-``B x B`` (4 bytes each, plus two 1-byte masks), the candidates, and, on the symmetric path
-only, the running top-k of all ``N`` rows (``N * (k + max(k, 256)) * 8`` bytes with int32
-indices, a top-k and a candidate buffer; the plain path holds it for one block of rows). Numbers do
-not depend on the block size except through float summation order inside the matrix
-product, which can move a score by an ulp.
+``B x B`` (4 bytes each), the candidates, and, on the symmetric path only, the running
+top-k of all ``N`` rows (``N * k * 8`` bytes with int32 indices; the budget check counts
+``N * (k + max(k, 256)) * 8``, room for one offer per row; the plain path holds it for one
+block of rows). Numbers do not depend on the block size except through float summation
+order inside the matrix product, which can move a score by an ulp.
 """
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
@@ -44,6 +50,7 @@ DEFAULT_MEMORY_BUDGET = 1 << 30
 _MIN_BLOCK = 64
 _SPARSE_MAX_FRACTION = 0.2
 _MIN_BUFFER = 256
+_TILE = 32
 
 
 @dataclass(frozen=True)
@@ -111,14 +118,64 @@ def select_topk(values: torch.Tensor, indices: torch.Tensor, k: int) -> tuple[to
     return out_values, out_indices
 
 
+
+def row_candidates(
+    scores: torch.Tensor, threshold: torch.Tensor, tile: int, max_fraction: float
+) -> tuple[torch.Tensor, torch.Tensor] | None:
+    """``(row, column)`` of the entries with ``scores[i, j] >= threshold[i]``, grouped by row.
+
+    ``scores`` must have unit column stride. The maxima of column tiles of width ``tile``
+    are compared first (one pass over the block); only tiles whose maximum reaches the
+    row's threshold are read again. Returns ``None`` when the hit tiles cover more than
+    ``max_fraction`` of the block (a dense selection is then cheaper).
+    """
+    n, m = scores.shape
+    full = m - m % tile
+    maxima = scores[:, :full].view(n, full // tile, tile).amax(dim=2)
+    if full < m:
+        maxima = torch.cat([maxima, scores[:, full:].amax(dim=1, keepdim=True)], dim=1)
+    hit_rows, hit_tiles = torch.nonzero(maxima >= threshold[:, None]).unbind(1)
+    if hit_rows.numel() * tile > max_fraction * n * m:
+        return None
+    columns = hit_tiles[:, None] * tile + torch.arange(tile, device=scores.device)
+    values = scores[hit_rows[:, None], columns.clamp_max(m - 1)]
+    inside = (values >= threshold[hit_rows, None]) & (columns < m)
+    hit, offset = torch.nonzero(inside).unbind(1)
+    return hit_rows[hit], columns[hit, offset]
+
+
+def column_candidates(
+    scores: torch.Tensor, threshold: torch.Tensor, tile: int, max_fraction: float
+) -> tuple[torch.Tensor, torch.Tensor] | None:
+    """``(column, row)`` of the entries with ``scores[i, j] >= threshold[j]``, grouped by
+    column: the candidates of the rows of ``scores.T``, read from ``scores`` (unit column
+    stride) through the maxima of row tiles of height ``tile`` (see :func:`row_candidates`).
+    """
+    n, m = scores.shape
+    full = n - n % tile
+    maxima = scores[:full].view(full // tile, tile, m).amax(dim=1)
+    if full < n:
+        maxima = torch.cat([maxima, scores[full:].amax(dim=0, keepdim=True)], dim=0)
+    # Transposed before nonzero so that the hits come column by column.
+    hits = (maxima >= threshold[None, :]).T.contiguous()
+    hit_columns, hit_tiles = torch.nonzero(hits).unbind(1)
+    if hit_columns.numel() * tile > max_fraction * n * m:
+        return None
+    rows = hit_tiles[:, None] * tile + torch.arange(tile, device=scores.device)
+    values = scores[rows.clamp_max(n - 1), hit_columns[:, None]]
+    inside = (values >= threshold[hit_columns, None]) & (rows < n)
+    hit, offset = torch.nonzero(inside).unbind(1)
+    return hit_columns[hit], rows[hit, offset]
+
+
 class RunningTopK:
     """The best ``k`` (score, gallery index) pairs seen so far for ``n`` query rows.
 
-    Each row holds its top-k in columns ``[0, k)`` and a buffer of up to ``W = max(k, 256)``
-    pending candidates after them; the buffer is merged (exact selection over k + W) only
-    when it would overflow, so a merge happens a few times per row instead of once per
-    block. The pre-filter threshold is the k-th score at the last merge: a lower bound of
-    the current one, so no candidate that could enter is ever filtered out.
+    Each offer of candidates is merged at once (exact selection over the current top-k
+    and the new candidates of the rows that got any), so the pre-filter threshold of a row,
+    its current k-th score, rises after every block and later blocks offer fewer
+    candidates. A row offers at most ``W = max(k, 256)`` candidates per block; a row
+    with more offers its block top-k instead.
     """
 
     def __init__(
@@ -130,44 +187,37 @@ class RunningTopK:
         self.placeholder = torch.iinfo(self.index_dtype).max
         # Placeholders (-inf, max index) sort after every real candidate; all are replaced
         # because every row has at least k real candidates.
-        self.values = torch.full(
-            (n, k + self.width), float("-inf"), dtype=dtype, device=device
-        )
-        self.indices = torch.full(
-            (n, k + self.width), self.placeholder, dtype=self.index_dtype, device=device
-        )
-        self.fill = torch.zeros(n, dtype=torch.int64, device=device)
-        self._copy: torch.Tensor | None = None
+        self.values = torch.full((n, k), float("-inf"), dtype=dtype, device=device)
+        self.indices = torch.full((n, k), self.placeholder, dtype=self.index_dtype, device=device)
         self.threshold = torch.full((n,), float("-inf"), dtype=dtype, device=device)
 
-    def _merge(self, rows: torch.Tensor) -> None:
-        """Exact selection over state + buffer of ``rows`` (absolute row numbers)."""
-        k = self.k
-        new_values, new_indices = select_topk(
-            self.values[rows], self.indices[rows].long(), k
-        )
-        self.values[rows, :k] = new_values
-        self.indices[rows, :k] = new_indices.to(self.index_dtype)
-        self.values[rows, k:] = float("-inf")
-        self.indices[rows, k:] = self.placeholder
-        self.fill[rows] = 0
-        self.threshold[rows] = new_values.min(dim=1).values
-
-    def _append(self, rows: slice, row_ids: torch.Tensor, values: torch.Tensor,
-                indices: torch.Tensor, counts: torch.Tensor) -> None:
-        """Append candidates grouped by (local) row id; ``counts[i]`` of them for row i."""
-        k = self.k
-        base = torch.arange(rows.start, rows.stop, device=self.fill.device)
-        overflow = self.fill[rows] + counts > self.width
-        if bool(overflow.any()):
-            self._merge(base[overflow])
+    def _offer(self, rows: slice, row_ids: torch.Tensor, values: torch.Tensor,
+               indices: torch.Tensor, counts: torch.Tensor) -> None:
+        """Merge candidates grouped by (local) row id, ``counts[i] <= W`` of them for row i."""
+        k, device = self.k, counts.device
+        touched = torch.nonzero(counts).flatten()
+        if touched.numel() == 0:
+            return
+        width = int(counts.max())
+        position = torch.cumsum(counts > 0, 0) - 1  # local row -> its line among ``touched``
         starts = torch.cumsum(counts, 0) - counts
-        slot = torch.arange(row_ids.shape[0], device=row_ids.device) - starts[row_ids]
-        absolute = base[row_ids]
-        column = k + self.fill[absolute] + slot
-        self.values[absolute, column] = values
-        self.indices[absolute, column] = indices.to(self.index_dtype)
-        self.fill[rows] += counts
+        slot = torch.arange(row_ids.shape[0], device=device) - starts[row_ids]
+        absolute = touched + rows.start
+        pool_values = torch.full(
+            (touched.numel(), k + width), float("-inf"), dtype=values.dtype, device=device
+        )
+        pool_indices = torch.full(
+            (touched.numel(), k + width), self.placeholder, dtype=torch.int64, device=device
+        )
+        pool_values[:, :k] = self.values[absolute]
+        pool_indices[:, :k] = self.indices[absolute]
+        line = position[row_ids]
+        pool_values[line, k + slot] = values
+        pool_indices[line, k + slot] = indices.long()
+        new_values, new_indices = select_topk(pool_values, pool_indices, k)
+        self.values[absolute] = new_values
+        self.indices[absolute] = new_indices.to(self.index_dtype)
+        self.threshold[absolute] = new_values.min(dim=1).values
 
     def add_dense(self, rows: slice, scores: torch.Tensor, first_column: int) -> None:
         """Offer every entry of ``scores`` (rows x columns, any strides)."""
@@ -181,32 +231,34 @@ class RunningTopK:
         width = best_values.shape[1]
         row_ids = torch.arange(n, device=scores.device).repeat_interleave(width)
         counts = torch.full((n,), width, dtype=torch.int64, device=scores.device)
-        self._append(rows, row_ids, best_values.reshape(-1), best_indices.reshape(-1), counts)
-        self._merge(torch.arange(rows.start, rows.stop, device=scores.device))
+        self._offer(rows, row_ids, best_values.reshape(-1), best_indices.reshape(-1), counts)
 
-    def add(self, rows: slice, scores: torch.Tensor, first_column: int, mask: torch.Tensor) -> None:
-        """Offer the entries of ``scores`` that can enter the top-k (a pre-filter)."""
+    def add(self, rows: slice, scores: torch.Tensor, first_column: int) -> None:
+        """Offer the entries of ``scores`` that can enter the top-k (a pre-filter).
+
+        ``scores`` is row-major or the transpose of a row-major block; either way the
+        candidates are found from tile maxima of the row-major memory (no strided pass).
+        """
         n, m = scores.shape
         threshold = self.threshold[rows]
         if m <= self.k or bool(torch.isinf(threshold).any()):
             self.add_dense(rows, scores, first_column)
             return
-        torch.ge(scores, threshold[:, None], out=mask)
-        count = int(mask.count_nonzero())
-        if count == 0:
-            return
-        if count > _SPARSE_MAX_FRACTION * n * m:
+        if scores.stride(1) == 1:
+            found = row_candidates(scores, threshold, _TILE, _SPARSE_MAX_FRACTION)
+        else:
+            found = column_candidates(scores.T, threshold, _TILE, _SPARSE_MAX_FRACTION)
+        if found is None:
             self.add_dense(rows, scores, first_column)
             return
-        if scores.stride(0) < scores.stride(1):
-            # A transposed view: a row-major copy of the mask lets nonzero group by row.
-            mask = self._row_major(mask)
-        row_ids, column_ids = torch.nonzero(mask).unbind(1)
+        row_ids, column_ids = found
+        if row_ids.numel() == 0:
+            return
         counts = torch.bincount(row_ids, minlength=n)
         values, indices = scores[row_ids, column_ids], column_ids + first_column
         crowded = counts > self.width
         if bool(crowded.any()):
-            # Rows with more candidates than the buffer holds offer their block top-k.
+            # Rows with more candidates than one offer holds offer their block top-k.
             keep = ~crowded[row_ids]
             row_ids, values, indices = row_ids[keep], values[keep], indices[keep]
             dense_rows = torch.nonzero(crowded).flatten()
@@ -220,21 +272,11 @@ class RunningTopK:
             order = torch.argsort(row_ids, stable=True)
             row_ids, values, indices = row_ids[order], values[order], indices[order]
             counts = torch.where(crowded, self.k, counts)
-        self._append(rows, row_ids, values, indices, counts)
-
-    def _row_major(self, mask: torch.Tensor) -> torch.Tensor:
-        n, m = mask.shape
-        if self._copy is None or self._copy.numel() < n * m:
-            self._copy = torch.empty(n * m, dtype=torch.bool, device=mask.device)
-        return self._copy[: n * m].view(n, m).copy_(mask)
+        self._offer(rows, row_ids, values, indices, counts)
 
     def finish(self, rows: slice) -> tuple[torch.Tensor, torch.Tensor]:
         """The rows' neighbours sorted best first (value desc, index asc)."""
-        absolute = torch.arange(rows.start, rows.stop, device=self.fill.device)
-        pending = absolute[self.fill[rows] > 0]
-        if pending.numel():
-            self._merge(pending)
-        return sort_rows(self.values[rows, : self.k], self.indices[rows, : self.k].long())
+        return sort_rows(self.values[rows], self.indices[rows].long())
 
 
 class RankCounter:
@@ -301,6 +343,42 @@ def choose_block(n: int, k: int, itemsize: int, budget: int) -> int:
     return max(1, min(block, n))
 
 
+class _Threads:
+    """Intra-op threads on CPU: all of them for the matrix products, one for the rest.
+
+    The bookkeeping between products (tile maxima aside) is many small operations; with
+    several OpenMP threads each pays a fork/join, which on a busy machine (a descheduled
+    worker) costs more than the operation. CUDA tensors are left alone.
+    """
+
+    def __init__(self, device: torch.device) -> None:
+        self.cpu = device.type == "cpu"
+        self.all = torch.get_num_threads()
+
+    @contextlib.contextmanager
+    def many(self) -> Iterator[None]:
+        """All threads inside, the previous setting restored after."""
+        with self._set(self.all):
+            yield
+
+    @contextlib.contextmanager
+    def one(self) -> Iterator[None]:
+        """One thread inside, the previous setting restored after."""
+        with self._set(1):
+            yield
+
+    @contextlib.contextmanager
+    def _set(self, threads: int) -> Iterator[None]:
+        before = torch.get_num_threads()
+        if self.cpu and threads != before:
+            torch.set_num_threads(threads)
+        try:
+            yield
+        finally:
+            if self.cpu and threads != before:
+                torch.set_num_threads(before)
+
+
 class _ScoreBlocks:
     """Computes score blocks into one reused buffer (no per-block allocation)."""
 
@@ -309,8 +387,8 @@ class _ScoreBlocks:
     ) -> None:
         self.rows, self.cols, self.distance = rows, cols, distance
         dtype, device = rows.dtype, rows.device
+        self.threads = _Threads(device)
         self.buffer = torch.empty(block * block, dtype=dtype, device=device)
-        self.mask = torch.empty(block * block, dtype=torch.bool, device=device)
         if distance == "euclidean":
             self.row_sq = (rows * rows).sum(dim=1)
             self.col_sq = (cols * cols).sum(dim=1)
@@ -318,19 +396,13 @@ class _ScoreBlocks:
     def compute(self, r: slice, c: slice) -> torch.Tensor:
         a, b = self.rows[r], self.cols[c]
         out = self.buffer[: a.shape[0] * b.shape[0]].view(a.shape[0], b.shape[0])
-        if self.distance == "cosine":
-            torch.mm(a, b.T, out=out)
-        else:
-            torch.addmm(-self.col_sq[c][None, :], a, b.T, alpha=2.0, out=out)
-            out.sub_(self.row_sq[r][:, None])
+        with self.threads.many():
+            if self.distance == "cosine":
+                torch.mm(a, b.T, out=out)
+            else:
+                torch.addmm(-self.col_sq[c][None, :], a, b.T, alpha=2.0, out=out)
+                out.sub_(self.row_sq[r][:, None])
         return out
-
-    def mask_for(self, scores: torch.Tensor) -> torch.Tensor:
-        n, m = scores.shape
-        view = self.mask[: n * m]
-        if scores.stride(0) < scores.stride(1):
-            return view.view(m, n).T
-        return view.view(n, m)
 
 
 def _exclude_self(scores: torch.Tensor) -> None:
@@ -416,17 +488,18 @@ def _symmetric(scorer, counter, n, k, block, distance, on_step) -> Iterator[Neig
         if on_step:
             on_step(done, total)
     for i, p in enumerate(parts):
-        for q in parts[i + 1 :]:
-            scores = scorer.compute(p, q)
-            state.add(p, scores, q.start, scorer.mask_for(scores))
-            state.add(q, scores.T, p.start, scorer.mask_for(scores.T))
-            if counter is not None:
-                counter.add(p, scores, q.start)
-                counter.add(q, scores.T, p.start)
-            done += 1
-            if on_step:
-                on_step(done, total)
-        values, indices = state.finish(p)
+        with scorer.threads.one():
+            for q in parts[i + 1 :]:
+                scores = scorer.compute(p, q)
+                state.add(p, scores, q.start)
+                state.add(q, scores.T, p.start)
+                if counter is not None:
+                    counter.add(p, scores, q.start)
+                    counter.add(q, scores.T, p.start)
+                done += 1
+                if on_step:
+                    on_step(done, total)
+            values, indices = state.finish(p)
         above = None if counter is None else counter.above[p]
         yield NeighborBlock(p.start, _finalise(values, distance), indices, above)
 
@@ -442,23 +515,24 @@ def _plain(scorer, counter, n_rows, n_cols, k, block, same_set, distance, on_ste
         # Same-set: the diagonal block first (it fills the top-k); p > q blocks are the
         # transposes of the products the symmetric path computes, for identical scores.
         order = [i] + [j for j in range(len(col_parts)) if j != i] if same_set else None
-        for j in order if same_set else range(len(col_parts)):
-            c = col_parts[j]
-            if same_set and j < i:
-                scores = scorer.compute(c, r).T
-            else:
-                scores = scorer.compute(r, c)
-            if same_set and j == i:
-                _exclude_self(scores)
-                state.add_dense(local, scores, c.start)
-            else:
-                state.add(local, scores, c.start, scorer.mask_for(scores))
-            if counter is not None:
-                counter.add(r, scores, c.start)
-            done += 1
-            if on_step:
-                on_step(done, total)
-        values, indices = state.finish(local)
+        with scorer.threads.one():
+            for j in order if same_set else range(len(col_parts)):
+                c = col_parts[j]
+                if same_set and j < i:
+                    scores = scorer.compute(c, r).T
+                else:
+                    scores = scorer.compute(r, c)
+                if same_set and j == i:
+                    _exclude_self(scores)
+                    state.add_dense(local, scores, c.start)
+                else:
+                    state.add(local, scores, c.start)
+                if counter is not None:
+                    counter.add(r, scores, c.start)
+                done += 1
+                if on_step:
+                    on_step(done, total)
+            values, indices = state.finish(local)
         above = None if counter is None else counter.above[r]
         yield NeighborBlock(r.start, _finalise(values, distance), indices, above)
 
