@@ -13,8 +13,9 @@ memory just before the call is the peak extra memory of that call:
 - ``query_expansion``: AQE with 2 neighbours (``query_expansion``) and the exact
   top-40 search of the expanded queries (``search_excluding_self``).
 
-Each task also reports recall@1 of its lists. A dense N x N float32 distance matrix, the
-usual implementation, would need N * N * 4 bytes (printed as ``dense_mib``).
+Each task also reports recall@1 and MAP@R of its lists (max R = 11 < 40). A dense N x N
+float32 distance matrix, the usual implementation, would need N * N * 4 bytes (printed as
+``dense_mib``).
 
 Run: ``.venv/bin/python benchmarks/rerank.py [--sizes 10000 60502] [--tasks ...]``.
 Prints one JSON line per measurement.
@@ -43,10 +44,24 @@ def _rss_bytes() -> int:
         return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
 
 
-def measure(task: str, n: int, noise: float) -> dict:
+def _map_at_r(found, labels) -> float:
+    """MAP@R from lists at least max R deep (same-set: R = class size - 1)."""
+    import torch
+
+    r = (torch.bincount(labels)[labels] - 1).double()
+    rel = (labels[found] == labels[:, None]).double()
+    positions = torch.arange(1, found.shape[1] + 1, dtype=torch.float64)
+    within = positions[None, :] <= r[:, None]
+    hits = rel * within
+    precision = torch.cumsum(hits, dim=1) / positions[None, :]
+    return float(((precision * hits).sum(dim=1) / r).mean())
+
+
+def measure(task: str, n: int, noise: float, threads: int) -> dict:
     """One measurement in this process (called in a fresh subprocess)."""
     import torch
 
+    torch.set_num_threads(threads)
     from fairdml.eval.neighbors import exact_knn
     from fairdml.eval.rerank import k_reciprocal_rerank, query_expansion, search_excluding_self
 
@@ -68,10 +83,12 @@ def measure(task: str, n: int, noise: float) -> dict:
     wall, cpu = time.perf_counter() - wall0, time.process_time() - cpu0
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
     recall_at_1 = float((labels[found[:, 0]] == labels).double().mean())
+    map_at_r = _map_at_r(found, labels)
     return {
         "task": task, "n": n, "wall_s": round(wall, 2), "cpu_s": round(cpu, 2),
         "peak_extra_mib": round(max(peak - before, 0) / 2**20, 1),
         "dense_mib": round(n * n * 4 / 2**20), "recall@1": round(recall_at_1, 5),
+        "map@r": round(map_at_r, 5),
         "threads": torch.get_num_threads(),
     }
 
@@ -81,15 +98,16 @@ def main() -> int:
     parser.add_argument("--sizes", type=int, nargs="+", default=[10_000, N_ITEMS])
     parser.add_argument("--tasks", nargs="+", choices=TASKS, default=list(TASKS))
     parser.add_argument("--noise", type=float, default=2.28)
+    parser.add_argument("--threads", type=int, default=2, help="torch intra-op threads")
     parser.add_argument("--child", nargs=2, default=None, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child:
-        print(json.dumps(measure(args.child[0], int(args.child[1]), args.noise)))
+        print(json.dumps(measure(args.child[0], int(args.child[1]), args.noise, args.threads)))
         return 0
     for n in args.sizes:
         for task in args.tasks:
             command = [sys.executable, __file__, "--noise", str(args.noise),
-                       "--child", task, str(n)]
+                       "--threads", str(args.threads), "--child", task, str(n)]
             done = subprocess.run(command, capture_output=True, text=True, check=False)
             if done.returncode != 0:
                 print(json.dumps({"task": task, "n": n, "error": done.stderr[-2000:]}))
