@@ -148,24 +148,18 @@ def test_alpha_query_expansion_weights_by_powers_of_cosine():
     torch.testing.assert_close(expanded[0], want / want.norm())
 
 
-def brute_reranked(x, labels, queries, query_labels, head_order, distance="cosine"):
-    """Metrics of full rankings whose head is ``head_order`` and whose tail is original."""
-    same_set = queries is None
-    q = x if same_set else queries
-    ql = labels if same_set else query_labels
-    sums = {"recall@1": 0.0, "recall@2": 0.0, "recall@50": 0.0, "r_precision": 0.0,
-            "map@r": 0.0, "map": 0.0}
+def brute_metrics(full_rankings, labels, query_labels, ks):
+    """recall@K, r_precision, map@r and map of whole rankings, from the definitions."""
+    sums = {f"recall@{k}": 0.0 for k in ks}
+    sums.update({"r_precision": 0.0, "map@r": 0.0, "map": 0.0})
     used = 0
-    for i, order in enumerate(brute_rankings(q, x, same_set, distance)):
-        head = list(head_order[i])
-        assert sorted(head) == sorted(order[: len(head)].tolist())
-        full = head + order[len(head):].tolist()
-        rel = [labels[j] == ql[i] for j in full]
+    for i, full in enumerate(full_rankings):
+        rel = [labels[j] == query_labels[i] for j in full]
         r = sum(rel)
         if r == 0:
             continue
         used += 1
-        for k in (1, 2, 50):
+        for k in ks:
             sums[f"recall@{k}"] += any(rel[:k])
         sums["r_precision"] += sum(rel[:r]) / r
         hits, ap, ap_r = 0, 0.0, 0.0
@@ -177,6 +171,37 @@ def brute_reranked(x, labels, queries, query_labels, head_order, distance="cosin
         sums["map"] += ap / r
         sums["map@r"] += ap_r / r
     return {k: v / used for k, v in sums.items()}
+
+
+def brute_reranked(x, labels, queries, query_labels, head_order, ks=(1, 2, 50)):
+    """Metrics of full rankings whose head is ``head_order`` and whose tail is original."""
+    same_set = queries is None
+    q = x if same_set else queries
+    ql = labels if same_set else query_labels
+    full_rankings = []
+    for i, order in enumerate(brute_rankings(q, x, same_set, "cosine")):
+        head = list(head_order[i])
+        assert sorted(head) == sorted(order[: len(head)].tolist())
+        full_rankings.append(head + order[len(head):].tolist())
+    return brute_metrics(full_rankings, labels, ql, ks)
+
+
+def test_deep_recall_and_map_after_reranking_same_set():
+    # 300 items: recall@200 lies beyond the listed depth and is counted.
+    x, labels = clustered(50, 6, 12, 1.3, seed=8)
+    ks = (1, 4, 200)
+    got = evaluate(x, labels, metrics=RETRIEVAL, recall_ks=ks, rerank="k_reciprocal",
+                   rerank_params={"k1": 8, "k2": 3})
+    _, head = k_reciprocal_rerank(normalised(x), k1=8, k2=3, candidates=16)
+    want = brute_reranked(x, labels, None, None, head.numpy(), ks)
+    for key, value in want.items():
+        assert got[key] == pytest.approx(value, abs=1e-9), key
+    got = evaluate(x, labels, metrics=RETRIEVAL, recall_ks=ks, rerank="query_expansion",
+                   rerank_params={"num_neighbors": 3, "alpha": 1.5})
+    expanded = query_expansion(normalised(x), num_neighbors=3, alpha=1.5).numpy()
+    want = brute_metrics(brute_rankings(expanded, x, True, "cosine"), labels, labels, ks)
+    for key, value in want.items():
+        assert got[key] == pytest.approx(value, abs=1e-9), key
 
 
 @pytest.mark.parametrize("mode", ["same_set", "query_gallery"])
