@@ -217,7 +217,7 @@ def _encoding(x: torch.Tensor, lists: torch.Tensor, list_distances: torch.Tensor
     rows, cols = _expanded_sets(lists, k1, step)
     squared = torch.empty(rows.shape, dtype=x.dtype, device=x.device)
     known = torch.zeros(rows.shape, dtype=torch.bool, device=x.device)
-    chunk = max(1, budget // (16 * lists.shape[1]))
+    chunk = max(1, budget // (128 * lists.shape[1]))  # int64 rows of lists, masks, gathers
     for s in range(0, rows.numel(), chunk):
         part = slice(s, s + chunk)
         hit = lists[rows[part]] == cols[part, None]
