@@ -8,7 +8,7 @@ before the call is the peak extra memory of that call:
 
   (a) recall@{1,10,100,1000} + r_precision + map@r in one fairdml call;
   (b) nmi (one k-means seed);
-  (gemm_bound, with --tasks) the block products alone, the floor of same-set search;
+  (gemm_bound) the block products alone, the floor of same-set search;
   and in the same run pytorch-metric-learning's AccuracyCalculator (k=1000) for
   precision_at_1 / r_precision / mean_average_precision_at_r, and its NMI (faiss k-means,
   needs faiss importable; pass --faiss-path DIR for a private install).
@@ -125,6 +125,7 @@ def measure(task: str, args: argparse.Namespace) -> dict:
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
     return {
         "task": task,
+        "load_average_1min_after": round(os.getloadavg()[0], 2),
         "seconds": round(seconds, 2),
         "cpu_seconds": round(cpu_seconds, 2),
         "peak_extra_mib": round((peak - base) / 2**20, 1),
@@ -145,7 +146,7 @@ def main() -> int:
     if args.child:
         print(json.dumps(measure(args.child, args)), flush=True)
         return 0
-    tasks = args.tasks or ["fairdml_retrieval", "fairdml_nmi"]
+    tasks = args.tasks or ["fairdml_retrieval", "fairdml_nmi", "gemm_bound"]
     if not args.skip_pml and not args.tasks:
         tasks += ["pml_retrieval", "pml_nmi"]
     results = []
@@ -162,7 +163,8 @@ def main() -> int:
         results.append(json.loads(line))
     for r in results:
         print(
-            f"{r['task']:20s} {r['seconds']:8.1f} s wall {r['cpu_seconds']:8.1f} s cpu "
+            f"{r['task']:20s} load {r['load_average_1min_after']:5.2f} "
+            f"{r['seconds']:8.1f} s wall {r['cpu_seconds']:8.1f} s cpu "
             f"{r['peak_extra_mib']:8.0f} MiB  {r['metrics']}"
         )
     return 0

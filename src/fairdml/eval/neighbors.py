@@ -168,6 +168,42 @@ def column_candidates(
     return hit_columns[hit], rows[hit, offset]
 
 
+class _Threads:
+    """Intra-op threads on CPU: all of them for the matrix products, one for the rest.
+
+    The bookkeeping between products (tile maxima aside) is many small operations; with
+    several OpenMP threads each pays a fork/join, which on a busy machine (a descheduled
+    worker) costs more than the operation. CUDA tensors are left alone.
+    """
+
+    def __init__(self, device: torch.device) -> None:
+        self.cpu = device.type == "cpu"
+        self.all = torch.get_num_threads()
+
+    @contextlib.contextmanager
+    def many(self) -> Iterator[None]:
+        """All threads inside, the previous setting restored after."""
+        with self._set(self.all):
+            yield
+
+    @contextlib.contextmanager
+    def one(self) -> Iterator[None]:
+        """One thread inside, the previous setting restored after."""
+        with self._set(1):
+            yield
+
+    @contextlib.contextmanager
+    def _set(self, threads: int) -> Iterator[None]:
+        before = torch.get_num_threads()
+        if self.cpu and threads != before:
+            torch.set_num_threads(threads)
+        try:
+            yield
+        finally:
+            if self.cpu and threads != before:
+                torch.set_num_threads(before)
+
+
 class RunningTopK:
     """The best ``k`` (score, gallery index) pairs seen so far for ``n`` query rows.
 
@@ -183,6 +219,7 @@ class RunningTopK:
     ) -> None:
         self.k = k
         self.width = max(k, _MIN_BUFFER)
+        self.threads = _Threads(device)
         self.index_dtype = torch.int32 if n_gallery < 2**31 - 1 else torch.int64
         self.placeholder = torch.iinfo(self.index_dtype).max
         # Placeholders (-inf, max index) sort after every real candidate; all are replaced
@@ -225,7 +262,8 @@ class RunningTopK:
         columns = torch.arange(first_column, first_column + m, device=scores.device)
         columns = columns.expand(n, m)
         if m > self.k:
-            best_values, best_indices = select_topk(scores, columns, self.k)
+            with self.threads.many():  # one large selection over the whole block
+                best_values, best_indices = select_topk(scores, columns, self.k)
         else:
             best_values, best_indices = scores, columns
         width = best_values.shape[1]
@@ -343,42 +381,6 @@ def choose_block(n: int, k: int, itemsize: int, budget: int) -> int:
     return max(1, min(block, n))
 
 
-class _Threads:
-    """Intra-op threads on CPU: all of them for the matrix products, one for the rest.
-
-    The bookkeeping between products (tile maxima aside) is many small operations; with
-    several OpenMP threads each pays a fork/join, which on a busy machine (a descheduled
-    worker) costs more than the operation. CUDA tensors are left alone.
-    """
-
-    def __init__(self, device: torch.device) -> None:
-        self.cpu = device.type == "cpu"
-        self.all = torch.get_num_threads()
-
-    @contextlib.contextmanager
-    def many(self) -> Iterator[None]:
-        """All threads inside, the previous setting restored after."""
-        with self._set(self.all):
-            yield
-
-    @contextlib.contextmanager
-    def one(self) -> Iterator[None]:
-        """One thread inside, the previous setting restored after."""
-        with self._set(1):
-            yield
-
-    @contextlib.contextmanager
-    def _set(self, threads: int) -> Iterator[None]:
-        before = torch.get_num_threads()
-        if self.cpu and threads != before:
-            torch.set_num_threads(threads)
-        try:
-            yield
-        finally:
-            if self.cpu and threads != before:
-                torch.set_num_threads(before)
-
-
 class _ScoreBlocks:
     """Computes score blocks into one reused buffer (no per-block allocation)."""
 
@@ -478,15 +480,16 @@ def _symmetric(scorer, counter, n, k, block, distance, on_step) -> Iterator[Neig
     total = len(parts) * (len(parts) + 1) // 2
     done = 0
     state = RunningTopK(n, k, n, scorer.rows.dtype, scorer.rows.device)
-    for p in parts:  # diagonal blocks first: they fill every row's top-k
-        scores = scorer.compute(p, p)
-        _exclude_self(scores)
-        state.add_dense(p, scores, p.start)
-        if counter is not None:
-            counter.add(p, scores, p.start)
-        done += 1
-        if on_step:
-            on_step(done, total)
+    with scorer.threads.one():
+        for p in parts:  # diagonal blocks first: they fill every row's top-k
+            scores = scorer.compute(p, p)
+            _exclude_self(scores)
+            state.add_dense(p, scores, p.start)
+            if counter is not None:
+                counter.add(p, scores, p.start)
+            done += 1
+            if on_step:
+                on_step(done, total)
     for i, p in enumerate(parts):
         with scorer.threads.one():
             for q in parts[i + 1 :]:
