@@ -174,6 +174,9 @@ def plot_validation_curves(store: ResultsStore) -> bytes:
                   label=method)
     axis.set(xlabel="epoch", ylabel="validation map@r (mean over folds and repeats)",
              title="validation map@r over epochs")
+    from matplotlib.ticker import MaxNLocator
+
+    axis.xaxis.set_major_locator(MaxNLocator(integer=True))
     if curves:
         axis.legend(fontsize=7)
     return _figure_png(figure)
