@@ -306,7 +306,13 @@ class RunningTopK:
             full = counter.target[counted] < threshold
             full_rows = torch.nonzero(full).flatten()
             if full_rows.numel():
-                counter.add_rows(full_rows + counted.start, scores[full_rows], first_column)
+                # Whole rows of a transposed view are columns of the row-major block:
+                # index_select along its rows reads it sequentially.
+                if scores.stride(1) == 1:
+                    block_rows = scores.index_select(0, full_rows)
+                else:
+                    block_rows = scores.T.index_select(1, full_rows).T
+                counter.add_rows(full_rows + counted.start, block_rows, first_column)
             listed = ~full[row_ids]
             counter.add_candidates(
                 row_ids[listed] + counted.start, values[listed], indices[listed]
