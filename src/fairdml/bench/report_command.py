@@ -12,17 +12,17 @@ def configure(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from rich.console import Console
     from rich.table import Table
 
     from fairdml.bench.report import KINDS, build_report
+    from fairdml.ui import table_console
 
     try:
         report = build_report(args.directory)
     except FileNotFoundError as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
-    console = Console(width=None if sys.stdout.isatty() else 200)
+    console = table_console()
     for kind in (*KINDS, "baseline"):
         rows = {m: r for (m, k), r in report["table"].items() if k == kind}
         if not rows:

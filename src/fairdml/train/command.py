@@ -64,12 +64,13 @@ def run(args: argparse.Namespace) -> int:
 
 
 def print_metrics(metrics: dict[str, float], title: str) -> None:
-    from rich.console import Console
     from rich.table import Table
+
+    from fairdml.ui import table_console
 
     table = Table(title=title)
     table.add_column("metric")
     table.add_column("value", justify="right")
     for key, value in metrics.items():
         table.add_row(key, f"{value:.4f}" if isinstance(value, float) else str(value))
-    Console().print(table)
+    table_console().print(table)

@@ -94,10 +94,10 @@ def write_summary(out: Path, results: dict[str, list[dict[str, float]]]) -> None
 
 
 def print_table(results: dict[str, list[dict[str, float]]], title: str) -> None:
-    from rich.console import Console
     from rich.table import Table
 
     from fairdml.bench.statistics import format_interval
+    from fairdml.ui import table_console
 
     table = Table(title=title)
     table.add_column("loss")
@@ -105,4 +105,4 @@ def print_table(results: dict[str, list[dict[str, float]]], title: str) -> None:
         table.add_column(metric, justify="right")
     for loss, runs in results.items():
         table.add_row(loss, *[format_interval([run[m] for run in runs]) for m in TABLE_METRICS])
-    Console().print(table)
+    table_console().print(table)
