@@ -22,6 +22,7 @@ from fairdml.eval.metrics import (
 from fairdml.eval.neighbors import (
     DEFAULT_MEMORY_BUDGET,
     NeighborBlock,
+    count_ranked_before,
     iter_neighbors,
 )
 from fairdml.eval.rerank import check_rerank, reranked_retrieval
@@ -230,14 +231,6 @@ def _retrieval(
             deep_ks = []
             depth = min(max([base] + ks), available)
         if search == "exact":
-            rank_of = None
-            if deep_ks:
-                # The same pass counts the items ranked before each query's best
-                # relevant item (recall@K beyond the list depth).
-                rank_of = best_relevant(
-                    gallery if query is None else query, gallery, query_codes, gallery_codes,
-                    same_set=query is None, distance=distance, memory_budget=budget // 4,
-                )
             blocks = iter_neighbors(
                 gallery,
                 depth,
@@ -245,12 +238,30 @@ def _retrieval(
                 distance=distance,
                 memory_budget=budget,
                 on_step=make_step("nearest neighbours"),
-                rank_of=rank_of,
             )
         else:
             found = approximate_knn(gallery, depth, kind=search, queries=query, distance=distance)
             blocks = [NeighborBlock(0, *found)]
-        out = retrieval_from_neighbors(blocks, gallery_codes, query_codes, counts, ks, need_r)
+        count_missing = None
+        if deep_ks:
+            rows_emb = gallery if query is None else query
+
+            def count_missing(missing: torch.Tensor) -> torch.Tensor:
+                # Second pass, only for queries whose first relevant item is not listed.
+                target, target_index = best_relevant(
+                    rows_emb[missing], gallery, query_codes[missing], gallery_codes,
+                    same_set=query is None, distance=distance, memory_budget=budget // 4,
+                    self_index=missing if query is None else None,
+                )
+                return count_ranked_before(
+                    gallery, rows_emb[missing], target, target_index,
+                    self_index=missing if query is None else None,
+                    distance=distance, memory_budget=budget,
+                )
+
+        out = retrieval_from_neighbors(
+            blocks, gallery_codes, query_codes, counts, ks, need_r, count_missing
+        )
         for name in ("r_precision", "map@r"):
             if name not in wanted:
                 out.pop(name, None)

@@ -100,28 +100,20 @@ def retrieval_from_neighbors(
     count_missing: Callable[[torch.Tensor], torch.Tensor] | None = None,
 ) -> dict[str, float]:
     """recall@K, r_precision and map@r from neighbour blocks of depth >= max R (when the
-    R metrics are asked for) and >= every K, unless the blocks carry ``above`` (the items
-    ranked before each query's best relevant item, counted in the same pass, see
-    :class:`fairdml.eval.neighbors.RankCounter`) or ``count_missing(rows)`` is given: it
+    R metrics are asked for) and >= every K, unless ``count_missing(rows)`` is given: it
     returns, for the query rows whose first relevant item is not in the list, how many
     items rank before it (recall@K for K beyond the list depth)."""
     sums = RetrievalSums(num_rows=counts.shape[0])
-    ranked_before: torch.Tensor | None = None
     for block in blocks:
         rows = slice(block.start, block.start + block.indices.shape[0])
         relevance = gallery_codes[block.indices] == query_codes[rows, None]
         sums.add_block(block.start, relevance, counts[rows], need_r_metrics)
-        if block.above is not None:
-            if ranked_before is None:
-                ranked_before = torch.zeros_like(counts, dtype=torch.int64)
-            ranked_before[rows] = block.above
     valid = counts > 0
     first_rank = sums.first_rank
-    missing = torch.nonzero(valid & (first_rank < 0)).flatten()
-    if missing.numel() and count_missing is not None:
-        first_rank[missing] = count_missing(missing) + 1
-    elif missing.numel() and ranked_before is not None:
-        first_rank[missing] = ranked_before[missing] + 1
+    if count_missing is not None:
+        missing = torch.nonzero(valid & (first_rank < 0)).flatten()
+        if missing.numel():
+            first_rank[missing] = count_missing(missing) + 1
     num = int(valid.sum())
     out: dict[str, float] = {}
     for k in recall_ks:

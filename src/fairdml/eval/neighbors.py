@@ -271,23 +271,16 @@ class RunningTopK:
         counts = torch.full((n,), width, dtype=torch.int64, device=scores.device)
         self._offer(rows, row_ids, best_values.reshape(-1), best_indices.reshape(-1), counts)
 
-    def add(
-        self, rows: slice, scores: torch.Tensor, first_column: int,
-        counter: RankCounter | None = None, counter_offset: int = 0,
-    ) -> None:
+    def add(self, rows: slice, scores: torch.Tensor, first_column: int) -> None:
         """Offer the entries of ``scores`` that can enter the top-k (a pre-filter).
 
         ``scores`` is row-major or the transpose of a row-major block; either way the
         candidates are found from tile maxima of the row-major memory (no strided pass).
-        ``counter`` (its rows are ours shifted by ``counter_offset``) counts the block too.
         """
         n, m = scores.shape
         threshold = self.threshold[rows]
-        counted = slice(rows.start + counter_offset, rows.stop + counter_offset)
         if m <= self.k or bool(torch.isinf(threshold).any()):
             self.add_dense(rows, scores, first_column)
-            if counter is not None:
-                counter.add(counted, scores, first_column)
             return
         if scores.stride(1) == 1:
             found = row_candidates(scores, threshold, _TILE, _SPARSE_MAX_FRACTION)
@@ -295,31 +288,12 @@ class RunningTopK:
             found = column_candidates(scores.T, threshold, _TILE, _SPARSE_MAX_FRACTION)
         if found is None:
             self.add_dense(rows, scores, first_column)
-            if counter is not None:
-                counter.add(counted, scores, first_column)
             return
         row_ids, column_ids = found
-        values, indices = scores[row_ids, column_ids], column_ids + first_column
-        if counter is not None:
-            # Rows whose target is below the threshold: not all items to count are
-            # candidates, so they count over the whole block row.
-            full = counter.target[counted] < threshold
-            full_rows = torch.nonzero(full).flatten()
-            if full_rows.numel():
-                # Whole rows of a transposed view are columns of the row-major block:
-                # index_select along its rows reads it sequentially.
-                if scores.stride(1) == 1:
-                    block_rows = scores.index_select(0, full_rows)
-                else:
-                    block_rows = scores.T.index_select(1, full_rows).T
-                counter.add_rows(full_rows + counted.start, block_rows, first_column)
-            listed = ~full[row_ids]
-            counter.add_candidates(
-                row_ids[listed] + counted.start, values[listed], indices[listed]
-            )
         if row_ids.numel() == 0:
             return
         counts = torch.bincount(row_ids, minlength=n)
+        values, indices = scores[row_ids, column_ids], column_ids + first_column
         crowded = counts > self.width
         if bool(crowded.any()):
             # Rows with more candidates than one offer holds offer their block top-k.
@@ -352,62 +326,42 @@ class RankCounter:
     :func:`fairdml.eval.metrics.best_relevant` does), a score within float rounding of
     ``t_q`` can be counted on either side; exact ties are resolved by the rule above.
     Rows with ``t_q = +inf`` count nothing.
-
-    Inside :func:`iter_neighbors` most blocks are counted from the top-k candidates alone:
-    while ``t_q`` is at or above the row's pre-filter threshold, every item to count
-    scores at least the threshold, so it is a candidate (:meth:`add_candidates`); rows
-    whose threshold has passed ``t_q`` (their best relevant item is not in the list) are
-    counted over the whole block row (:meth:`add_rows`).
     """
 
-    def __init__(self, target: torch.Tensor, target_index: torch.Tensor) -> None:
+    def __init__(self, target: torch.Tensor, target_index: torch.Tensor, block: int) -> None:
         self.target = target
         self.target_index = target_index
         self.above = torch.zeros(target.shape[0], dtype=torch.int64, device=target.device)
+        self.buffer = torch.empty(block * block, dtype=target.dtype, device=target.device)
+
+    def _view(self, scores: torch.Tensor) -> torch.Tensor:
+        n, m = scores.shape
+        flat = self.buffer[: n * m]
+        return flat.view(m, n).T if scores.stride(0) < scores.stride(1) else flat.view(n, m)
 
     def add(self, rows: slice, scores: torch.Tensor, first_column: int) -> None:
-        """Count over every entry of ``scores`` (the block of query rows ``rows``)."""
-        self.above[rows] += self._count(
-            scores, self.target[rows], self.target_index[rows], first_column
-        )
-
-    def add_rows(self, rows: torch.Tensor, scores: torch.Tensor, first_column: int) -> None:
-        """Count over ``scores``, the full block rows of the absolute query rows ``rows``."""
-        self.above[rows] += self._count(
-            scores, self.target[rows], self.target_index[rows], first_column
-        )
-
-    def add_candidates(
-        self, rows: torch.Tensor, values: torch.Tensor, indices: torch.Tensor
-    ) -> None:
-        """Count candidate entries (absolute query row, score, gallery index)."""
-        target, target_index = self.target[rows], self.target_index[rows]
-        before = (values > target) | ((values == target) & (indices < target_index))
-        before &= indices != target_index
-        self.above += torch.bincount(rows[before], minlength=self.above.shape[0])
-
-    @staticmethod
-    def _count(
-        scores: torch.Tensor, target: torch.Tensor, target_index: torch.Tensor,
-        first_column: int,
-    ) -> torch.Tensor:
         n, m = scores.shape
-        counts = (scores > target[:, None]).sum(dim=1)
-        at_least = (scores >= target[:, None]).sum(dim=1)
+        target = self.target[rows][:, None]
+        flags = self._view(scores)
+        torch.gt(scores, target, out=flags)
+        greater = flags.sum(dim=1)
+        torch.ge(scores, target, out=flags)
+        at_least = flags.sum(dim=1)
+        counts = greater.round().long()
         # The target item itself is never counted, whatever its score here.
-        local = target_index - first_column
+        local = self.target_index[rows] - first_column
         inside = torch.nonzero((local >= 0) & (local < m)).flatten()
         if inside.numel():
             own = scores[inside, local[inside]]
-            counts[inside] -= (own > target[inside]).long()
-            at_least[inside] -= (own >= target[inside]).long()
-        tied = torch.nonzero(at_least > counts).flatten()
+            counts[inside] -= (own > target[inside, 0]).long()
+            at_least[inside] -= (own >= target[inside, 0]).to(at_least.dtype)
+        tied = torch.nonzero(at_least > greater).flatten()
         if tied.numel():
             columns = torch.arange(first_column, first_column + m, device=scores.device)
-            equal = scores[tied] == target[tied, None]
-            before = columns[None, :] < target_index[tied, None]
+            equal = scores[tied] == target[tied]
+            before = columns[None, :] < self.target_index[rows][tied, None]
             counts[tied] += (equal & before).sum(dim=1)
-        return counts
+        self.above[rows] += counts
 
 
 def _block_bytes(block: int, k: int, itemsize: int) -> int:
@@ -512,7 +466,7 @@ def iter_neighbors(
             raise ValueError(f"block_size must be positive, got {block_size}")
         block = block_size
     scorer = _ScoreBlocks(rows, gallery, distance, block)
-    counter = None if rank_of is None else RankCounter(rank_of[0], rank_of[1])
+    counter = None if rank_of is None else RankCounter(rank_of[0], rank_of[1], block)
     if same_set and symmetric:
         yield from _symmetric(scorer, counter, n_rows, k, block, distance, on_step)
     else:
@@ -540,8 +494,11 @@ def _symmetric(scorer, counter, n, k, block, distance, on_step) -> Iterator[Neig
         with scorer.threads.one():
             for q in parts[i + 1 :]:
                 scores = scorer.compute(p, q)
-                state.add(p, scores, q.start, counter)
-                state.add(q, scores.T, p.start, counter)
+                state.add(p, scores, q.start)
+                state.add(q, scores.T, p.start)
+                if counter is not None:
+                    counter.add(p, scores, q.start)
+                    counter.add(q, scores.T, p.start)
                 done += 1
                 if on_step:
                     on_step(done, total)
@@ -571,10 +528,10 @@ def _plain(scorer, counter, n_rows, n_cols, k, block, same_set, distance, on_ste
                 if same_set and j == i:
                     _exclude_self(scores)
                     state.add_dense(local, scores, c.start)
-                    if counter is not None:
-                        counter.add(r, scores, c.start)
                 else:
-                    state.add(local, scores, c.start, counter, r.start)
+                    state.add(local, scores, c.start)
+                if counter is not None:
+                    counter.add(r, scores, c.start)
                 done += 1
                 if on_step:
                     on_step(done, total)
@@ -601,7 +558,7 @@ def count_ranked_before(
     n_rows, n_cols = queries.shape[0], gallery.shape[0]
     block = choose_block(max(n_rows, n_cols), 1, 2 * queries.element_size(), memory_budget)
     scorer = _ScoreBlocks(queries, gallery, distance, block)
-    counter = RankCounter(target, target_index)
+    counter = RankCounter(target, target_index, block)
     for r in _bounds(n_rows, block):
         for c in _bounds(n_cols, block):
             scores = scorer.compute(r, c)
