@@ -34,6 +34,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from markdown_sections import replace_section
 from pytorch_metric_learning import losses as pml
 from pytorch_metric_learning import miners as pml_miners
 
@@ -406,20 +407,6 @@ def markdown(rows: list[dict[str, Any]], batch_sizes: list[int], dim: int, repea
     ])
 
 
-def write_section(path: Path, section: str) -> None:
-    """Replace (or append) the ``## Losses`` section of ``path``, leaving the rest as is."""
-    text = path.read_text() if path.exists() else "# Benchmarks\n"
-    lines = text.splitlines()
-    start = next((i for i, line in enumerate(lines) if line.strip() == SECTION), None)
-    if start is None:
-        new_text = text.rstrip("\n") + "\n\n" + section
-    else:
-        end = next((i for i in range(start + 1, len(lines)) if lines[i].startswith("## ")),
-                   len(lines))
-        new_text = "\n".join(lines[:start] + section.rstrip("\n").splitlines()
-                             + ([""] + lines[end:] if end < len(lines) else [])) + "\n"
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(new_text)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -462,7 +449,7 @@ def main(argv: list[str] | None = None) -> int:
                        args.statistic)
     print(section)
     if not args.no_write:
-        write_section(args.out, section)
+        replace_section(args.out, SECTION, section)
         print(f"wrote {SECTION!r} to {args.out}")
     return 0
 

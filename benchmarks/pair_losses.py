@@ -25,6 +25,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 import torch
+from markdown_sections import replace_section
 from pytorch_metric_learning import losses as pml
 from pytorch_metric_learning import miners as pml_miners
 
@@ -164,15 +165,6 @@ def to_markdown(rows: list[dict], dim: int, repeats: int) -> str:
     return "\n".join(lines)
 
 
-def write_section(path: Path, section: str) -> None:
-    text = path.read_text() if path.exists() else "# Benchmarks\n"
-    start = text.find(SECTION)
-    if start == -1:
-        text = text.rstrip("\n") + "\n\n" + section
-    else:
-        end = text.find("\n## ", start + len(SECTION))
-        text = text[:start] + section + ("" if end == -1 else text[end + 1:])
-    path.write_text(text)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -192,7 +184,7 @@ def main(argv: list[str] | None = None) -> int:
     section = to_markdown(rows, args.dim, args.repeats)
     print(section)
     if not args.no_write:
-        write_section(args.out, section)
+        replace_section(args.out, SECTION, section)
     return 0
 
 

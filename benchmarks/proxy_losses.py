@@ -22,6 +22,7 @@ import time
 from pathlib import Path
 
 import torch
+from markdown_sections import replace_section
 
 SECTION = "## Proxy and classification losses"
 LOSSES = ("proxy_anchor", "proxy_nca", "proxy_nca_pp", "soft_triple", "normalized_softmax",
@@ -149,20 +150,6 @@ def markdown(results: dict[tuple[int, str, int], dict[str, float]], threads: lis
     return "\n".join(lines)
 
 
-def write_section(path: Path, section: str) -> None:
-    """Replace (or append) this script's section of ``path``, leaving the rest as is."""
-    text = path.read_text() if path.exists() else "# Benchmarks\n"
-    lines = text.splitlines()
-    start = next((i for i, line in enumerate(lines) if line.strip() == SECTION), None)
-    if start is None:
-        new_lines = text.rstrip("\n").splitlines() + [""] + section.rstrip("\n").splitlines()
-    else:
-        end = next((i for i in range(start + 1, len(lines)) if lines[i].startswith("## ")),
-                   len(lines))
-        tail = [""] + lines[end:] if end < len(lines) else []
-        new_lines = lines[:start] + section.rstrip("\n").splitlines() + tail
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text("\n".join(new_lines) + "\n")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -194,7 +181,7 @@ def main(argv: list[str] | None = None) -> int:
                        machine, load)
     print(section)
     if not args.no_write:
-        write_section(args.out, section)
+        replace_section(args.out, SECTION, section)
         print(f"wrote {SECTION!r} to {args.out}")
     return 0
 

@@ -24,6 +24,7 @@ import time
 from pathlib import Path
 
 import torch
+from markdown_sections import replace_section
 from pytorch_metric_learning import losses as pml
 
 from fairdml.losses import create
@@ -204,15 +205,6 @@ def target_notes(results: dict, batch_sizes: list[int]) -> list[str]:
     ]
 
 
-def write_section(path: Path, section: str) -> None:
-    text = path.read_text() if path.exists() else "# Benchmarks\n"
-    start = text.find(SECTION + "\n")
-    if start == -1:
-        text = text.rstrip("\n") + "\n\n" + section
-    else:
-        end = text.find("\n## ", start + len(SECTION))
-        text = text[:start] + section + ("" if end == -1 else text[end:])
-    path.write_text(text.rstrip("\n") + "\n")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -241,7 +233,8 @@ def main(argv: list[str] | None = None) -> int:
     section = markdown(results, args.batch_sizes, args.dim, args.repeats, memory, args.threads)
     print(section)
     if args.write:
-        write_section(Path(__file__).resolve().parents[1] / "docs" / "benchmarks.md", section)
+        replace_section(Path(__file__).resolve().parents[1] / "docs" / "benchmarks.md",
+                        SECTION, section)
     return 0
 
 
