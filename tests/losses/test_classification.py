@@ -17,14 +17,6 @@ DIM = 12
 CLASSIFICATION_LOSSES = ("normalized_softmax", "cosface", "arcface", "subcenter_arcface")
 
 
-@pytest.fixture(autouse=True)
-def single_thread():
-    """Tiny tensors: one thread is faster and immune to a loaded machine's contention."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
 
 def batch(dtype: torch.dtype = torch.float64, seed: int = 0, size: int = 20):
     generator = torch.Generator().manual_seed(seed)

@@ -23,14 +23,6 @@ DIM = 12
 PROXY_LOSSES = ("proxy_anchor", "proxy_nca", "proxy_nca_pp", "soft_triple")
 
 
-@pytest.fixture(autouse=True)
-def single_thread():
-    """Tiny tensors: one thread is faster and immune to a loaded machine's contention."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
 
 def batch(dtype: torch.dtype = torch.float64, seed: int = 0, size: int = 20):
     generator = torch.Generator().manual_seed(seed)
