@@ -37,16 +37,10 @@ class SealedTest:
         return embed_split(run_dir, config, self.__table, resolve_device(config.train.device))
 
     def _metrics(self, embeddings: torch.Tensor, config: RunConfig) -> dict[str, Any]:
-        from fairdml import evaluate
+        from fairdml.train.final import evaluate_table
 
-        table = self.__table
-        options = {**evaluation_options(config.eval), "progress": False}
-        if table.is_query.all() and table.is_gallery.all():
-            return evaluate(embeddings, table.labels, **options)
-        queries, gallery = torch.from_numpy(table.is_query), torch.from_numpy(table.is_gallery)
-        return evaluate(embeddings[gallery], table.labels[table.is_gallery],
-                        queries=embeddings[queries], query_labels=table.labels[table.is_query],
-                        **options)
+        return evaluate_table(embeddings, self.__table,
+                              {**evaluation_options(config.eval), "progress": False})
 
     def evaluate_repeat(self, run_dirs: list[Path], config: RunConfig
                         ) -> tuple[list[dict[str, Any]], dict[str, Any], dict[str, Any]]:
@@ -63,14 +57,8 @@ class SealedTest:
 
     def evaluate_untrained(self, config: RunConfig, *, head: bool) -> dict[str, Any]:
         """Baselines: the untrained trunk (pooled features) or trunk + untrained head."""
-        from fairdml.data.dataset import TableDataset
-        from fairdml.train.embeddings import compute_embeddings
-        from fairdml.train.trainer import (
-            build_model,
-            build_transforms,
-            resolve_device,
-            seed_everything,
-        )
+        from fairdml.train.final import embed_table
+        from fairdml.train.trainer import build_model, resolve_device, seed_everything
 
         if not head:
             config = dataclasses.replace(
@@ -78,8 +66,5 @@ class SealedTest:
         seed_everything(config.train.seed)
         device = resolve_device(config.train.device)
         model = build_model(config).to(device)
-        dataset = TableDataset(self.__table, build_transforms(config, model, train=False))
-        embeddings = compute_embeddings(model, dataset, device=device,
-                                        batch_size=config.eval.batch_size,
-                                        num_workers=config.data.num_workers)
+        embeddings = embed_table(model, config, self.__table, device, flip_average=False)
         return self._metrics(embeddings, config)

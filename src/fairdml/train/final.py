@@ -38,16 +38,40 @@ def load_selected_model(run_dir: Path, config: RunConfig,
     return model
 
 
-def embed_split(run_dir: Path, config: RunConfig, table: data.SampleTable,
-                device: torch.device) -> torch.Tensor:
+def embed_table(model: torch.nn.Module, config: RunConfig, table: data.SampleTable,
+                device: torch.device, *, flip_average: bool | None = None) -> torch.Tensor:
+    """Embeddings of every item of ``table`` with the test transform of ``config``.
+
+    ``flip_average`` defaults to ``config.eval.flip_average``.
+    """
     from fairdml.data.dataset import TableDataset
 
-    model = load_selected_model(run_dir, config, device)
     dataset = TableDataset(table, build_transforms(config, model, train=False))
     return compute_embeddings(model, dataset, device=device,
                               batch_size=config.eval.batch_size,
                               num_workers=config.data.num_workers,
-                              flip_average=config.eval.flip_average)
+                              flip_average=(config.eval.flip_average if flip_average is None
+                                            else flip_average))
+
+
+def embed_split(run_dir: Path, config: RunConfig, table: data.SampleTable,
+                device: torch.device) -> torch.Tensor:
+    """Embeddings of ``table`` by the selected checkpoint of ``run_dir``."""
+    return embed_table(load_selected_model(run_dir, config, device), config, table, device)
+
+
+def evaluate_table(embeddings: torch.Tensor, table: data.SampleTable,
+                   options: dict[str, Any]) -> dict[str, Any]:
+    """`fairdml.evaluate` of ``table``'s embeddings: same-set, or In-Shop style where the
+    query rows search the gallery rows only."""
+    from fairdml import evaluate
+
+    if table.is_query.all() and table.is_gallery.all():
+        return evaluate(embeddings, table.labels, **options)
+    query_rows, gallery_rows = table.is_query, table.is_gallery
+    return evaluate(embeddings[torch.from_numpy(gallery_rows)], table.labels[gallery_rows],
+                    queries=embeddings[torch.from_numpy(query_rows)],
+                    query_labels=table.labels[query_rows], **options)
 
 
 def final_test(run_dir: str | Path, *, write: bool = True,
@@ -58,21 +82,13 @@ def final_test(run_dir: str | Path, *, write: bool = True,
     ``memory_budget``, ``progress``); recall@K and the k-means seeds come from the run's
     ``eval`` config unless given.
     """
-    from fairdml import evaluate
-
     run_dir = Path(run_dir)
     config = load_run_config(run_dir)
     device = resolve_device(config.train.device)
     table = data.load(config.data.name, config.data.root).with_split("test")
     embeddings = embed_split(run_dir, config, table, device)
-    options = {**evaluation_options(config.eval), **(options or {})}
-    if table.is_query.all() and table.is_gallery.all():
-        metrics = evaluate(embeddings, table.labels, **options)
-    else:  # In-Shop style: query rows search the gallery rows only
-        query_rows, gallery_rows = table.is_query, table.is_gallery
-        metrics = evaluate(embeddings[torch.from_numpy(gallery_rows)], table.labels[gallery_rows],
-                           queries=embeddings[torch.from_numpy(query_rows)],
-                           query_labels=table.labels[query_rows], **options)
+    metrics = evaluate_table(embeddings, table,
+                             {**evaluation_options(config.eval), **(options or {})})
     if write:
         from fairdml.train.trainer import write_json_atomic
 
